@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Bootstrap/setup.sh: install the system packages GPUMesh builds and tests against.
+#
+# Idempotent: a package already installed is left alone, and apt-get runs only when
+# something is missing. Run as root, or as a user with sudo. Exits non-zero with a
+# clear message when a package cannot be installed.
+#
+#   Bootstrap/setup.sh            packages for building, running and testing
+#   GPUMESH_SETUP_QUIET=1 ...     print only what changes
+set -euo pipefail
+
+# Debian package -> why we need it.
+packages=(
+  "libuv1-dev:event loop, UDP, TCP, pipes and timers (MeshRuntime)"
+  "libsodium-dev:all cryptography (MeshCrypto)"
+  "libsqlite3-dev:the ledger's storage, through GRDB"
+  "pkg-config:lets SwiftPM find libuv and libsodium"
+  "bubblewrap:the sandbox job executor"
+)
+
+say() { [ "${GPUMESH_SETUP_QUIET:-0}" = 1 ] || echo "setup: $*"; }
+
+missing=()
+for entry in "${packages[@]}"; do
+  name=${entry%%:*}
+  why=${entry#*:}
+  if dpkg-query -W -f='${Status}' "$name" 2>/dev/null | grep -q "install ok installed"; then
+    say "ok       $name ($why)"
+  else
+    say "missing  $name ($why)"
+    missing+=("$name")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  say "all system packages present"
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup: error: apt-get not found; install these by hand: ${missing[*]}" >&2
+  exit 1
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+  else
+    echo "setup: error: not root and no sudo; as root run: apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+if ! "${sudo[@]}" apt-get update -qq; then
+  echo "setup: error: apt-get update failed (no network to the Debian mirror?)" >&2
+  exit 1
+fi
+if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+  echo "setup: error: could not install: ${missing[*]}" >&2
+  exit 1
+fi
+echo "setup: installed ${missing[*]}"

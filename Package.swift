@@ -1,0 +1,53 @@
+// swift-tools-version: 6.1
+// GPUMesh: a peer-to-peer mesh of GPU providers with no central coordinator.
+// Targets follow ../shared/DESIGN.md; dependencies only point down:
+// gpumesh -> MeshRuntime -> MeshCore/MeshCrypto -> CLibUV/CSodium.
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "GPUMesh",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "gpumesh", targets: ["gpumesh"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+    ],
+    targets: [
+        // C libraries, each behind one door.
+        .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+
+        // libsodium behind typed Swift: keys, signatures, hashing, randomness.
+        .target(name: "MeshCrypto", dependencies: ["CSodium"], swiftSettings: strict),
+        // Pure values: peer IDs, addresses, contact strings, config, JSON.
+        .target(name: "MeshCore", dependencies: ["MeshCrypto"], swiftSettings: strict),
+        // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
+        .target(
+            name: "MeshRuntime",
+            dependencies: [
+                "CLibUV", "MeshCore", "MeshCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict),
+        // The command-line interface.
+        .executableTarget(
+            name: "gpumesh",
+            dependencies: [
+                "MeshRuntime", "MeshCore", "MeshCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
+        .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
+        .testTarget(name: "MeshRuntimeTests", dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto"], swiftSettings: strict),
+        .testTarget(name: "GPUMeshCLITests", dependencies: ["gpumesh", "MeshCore"], swiftSettings: strict),
+    ]
+)

@@ -1,0 +1,2 @@
+// The one door to libuv: MeshRuntime alone imports this module.
+#include <uv.h>

@@ -1,0 +1,68 @@
+import CSodium
+
+/// BLAKE2b hashing (libsodium's `crypto_generichash`).
+public enum Blake2b {
+    /// Hashes `data` to `outputLength` bytes (16...64), optionally keyed (key of 16...64 bytes).
+    public static func hash(_ data: some ContiguousBytes, outputLength: Int = 32, key: (some ContiguousBytes)? = [UInt8]?.none) -> [UInt8] {
+        Sodium.ensureInitialised()
+        precondition((16...64).contains(outputLength), "BLAKE2b output length must be 16...64")
+        var out = [UInt8](repeating: 0, count: outputLength)
+        data.withUnsafeBytes { d in
+            out.withUnsafeMutableBytes { o in
+                if let key {
+                    key.withUnsafeBytes { k in
+                        _ = crypto_generichash(o.baseAddress!.assumingMemoryBound(to: UInt8.self), outputLength,
+                                               d.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(d.count),
+                                               k.baseAddress?.assumingMemoryBound(to: UInt8.self), k.count)
+                    }
+                } else {
+                    _ = crypto_generichash(o.baseAddress!.assumingMemoryBound(to: UInt8.self), outputLength,
+                                           d.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(d.count), nil, 0)
+                }
+            }
+        }
+        return out
+    }
+
+    /// An incremental BLAKE2b hasher for data that arrives in pieces. Finalise it once.
+    public final class Hasher {
+        private let state: UnsafeMutableRawPointer
+        private let outputLength: Int
+        private var finished = false
+
+        /// Starts an unkeyed hash with the given output length (16...64 bytes).
+        public init(outputLength: Int = 32) {
+            Sodium.ensureInitialised()
+            precondition((16...64).contains(outputLength), "BLAKE2b output length must be 16...64")
+            self.outputLength = outputLength
+            state = UnsafeMutableRawPointer.allocate(byteCount: crypto_generichash_statebytes(), alignment: 64)
+            crypto_generichash_init(OpaquePointer(state), nil, 0, outputLength)
+        }
+
+        /// Feeds more bytes.
+        public func update(_ data: some ContiguousBytes) {
+            precondition(!finished, "Blake2b.Hasher used after finalize()")
+            data.withUnsafeBytes { d in
+                _ = crypto_generichash_update(OpaquePointer(state),
+                                              d.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(d.count))
+            }
+        }
+
+        /// Finishes and returns the digest; the hasher cannot be used afterwards.
+        public func finalize() -> [UInt8] {
+            precondition(!finished, "Blake2b.Hasher.finalize() called twice")
+            finished = true
+            var out = [UInt8](repeating: 0, count: outputLength)
+            out.withUnsafeMutableBytes { o in
+                _ = crypto_generichash_final(OpaquePointer(state),
+                                             o.baseAddress!.assumingMemoryBound(to: UInt8.self), outputLength)
+            }
+            return out
+        }
+
+        deinit {
+            sodium_memzero(state, crypto_generichash_statebytes())
+            state.deallocate()
+        }
+    }
+}

@@ -123,6 +123,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(ip: ip, port: port)
     }
 
+    /// The address to advertise for a socket bound here: a wildcard bind (0.0.0.0 or ::) becomes
+    /// the loopback address of its family, the only one sure to reach it; others stay as they are.
+    public var advertisable: SocketAddress {
+        guard ip.isUnspecified else { return self }
+        if case .v6 = ip { return SocketAddress(ip: .loopbackV6, port: port) }
+        return SocketAddress(ip: .loopbackV4, port: port)
+    }
+
     /// `1.2.3.4:5` or `[::1]:5`.
     public var description: String {
         switch ip {

@@ -483,6 +483,12 @@ public final class StreamListener: LoopHandle, @unchecked Sendable {
         return listener
     }
 
+    /// Replaces the handler for accepted connections (loop thread).
+    public func setAcceptHandler(_ handler: @escaping (StreamConnection) -> Void) {
+        loop.preconditionInLoop()
+        onAccept = handler
+    }
+
     private var ownsSocketFile = false
     private var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
 

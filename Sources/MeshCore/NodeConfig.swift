@@ -1,0 +1,77 @@
+/// A node's settings, read from `config.toml` in the data directory and overridden by flags.
+public struct NodeConfig: Sendable, Equatable {
+    /// The file name of the config in the data directory.
+    public static let fileName = "config.toml"
+    /// The default port for both UDP and TCP.
+    public static let defaultPort: UInt16 = 7400
+
+    /// Where the UDP socket binds (DHT, gossip, probes).
+    public var udpListen = SocketAddress(ip: .v4(0, 0, 0, 0), port: defaultPort)
+    /// Where the TCP listener binds (channels).
+    public var tcpListen = SocketAddress(ip: .v4(0, 0, 0, 0), port: defaultPort)
+    /// Addresses other peers should use; empty means "derive from the bound addresses".
+    public var advertise: [TransportAddress] = []
+    /// Log level: trace, debug, info, notice, warning, error, critical.
+    public var logLevel = "info"
+
+    /// The settings a node understands, as `table.key`.
+    public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level"]
+    /// The log levels accepted by `log_level`.
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// The defaults.
+    public init() {}
+
+    /// Reads a config file's text; unknown keys and bad values are errors that name the line.
+    public init(parsing text: String) throws(ConfigFile.Error) {
+        let file = try ConfigFile(parsing: text)
+        try file.rejectUnknownKeys(Self.knownKeys)
+        if let s = try file.string("node.listen_udp") { udpListen = try Self.address(s, key: "node.listen_udp", in: file) }
+        if let s = try file.string("node.listen_tcp") { tcpListen = try Self.address(s, key: "node.listen_tcp", in: file) }
+        if let list = try file.strings("node.advertise") {
+            let line = file["node.advertise"]!.line
+            advertise = []
+            for item in list {
+                guard let colon = item.firstIndex(of: ":"), let t = Transport(rawValue: String(item[..<colon])) else {
+                    throw ConfigFile.Error(line: line, "advertise entry '\(item)' must start with 'udp:' or 'tcp:'")
+                }
+                do { advertise.append(TransportAddress(t, try SocketAddress(parsing: item[item.index(after: colon)...]))) }
+                catch { throw ConfigFile.Error(line: line, "advertise entry '\(item)': \(error)") }
+            }
+        }
+        if let level = try file.string("node.log_level") {
+            guard Self.logLevels.contains(level) else {
+                throw ConfigFile.Error(line: file["node.log_level"]!.line, "log_level must be one of \(Self.logLevels.joined(separator: ", "))")
+            }
+            logLevel = level
+        }
+    }
+
+    private static func address(_ text: String, key: String, in file: ConfigFile) throws(ConfigFile.Error) -> SocketAddress {
+        do { return try SocketAddress(parsing: text) }
+        catch { throw ConfigFile.Error(line: file[key]!.line, "\(key): \(error)") }
+    }
+
+    /// The commented config that `gpumesh init` writes: every setting with its default.
+    public static let template = """
+    # GPUMesh node configuration.
+    # Format: a subset of TOML (tables, "strings", integers, true/false, one-line arrays).
+    # Command-line flags override these settings. Unknown settings are an error, to catch typos.
+
+    [node]
+    # UDP address for the DHT, gossip and probes. Port 0 picks a free port at start-up.
+    listen_udp = "0.0.0.0:\(defaultPort)"
+
+    # TCP address for encrypted channels (job negotiation, transfers).
+    listen_tcp = "0.0.0.0:\(defaultPort)"
+
+    # Addresses other peers should use to reach this node, as "udp:HOST:PORT" / "tcp:HOST:PORT".
+    # Empty: use the bound addresses (a wildcard bind is advertised as loopback, reachable only
+    # from this machine; set this on a real host).
+    advertise = []
+
+    # trace, debug, info, notice, warning, error or critical.
+    log_level = "info"
+
+    """
+}

@@ -1,0 +1,156 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshCore
+import MeshRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension GPUMesh {
+    /// `gpumesh node`: run a peer until SIGINT or SIGTERM.
+    struct Node: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a peer: UDP and TCP listeners and a control socket, until SIGINT or SIGTERM.",
+            discussion: """
+            Settings come from config.toml in the data directory; --udp and --tcp override it.
+            The control socket (DATA_DIR/node.sock, mode 0600) speaks JSON-RPC 2.0; `gpumesh status` uses it.
+            On SIGINT or SIGTERM the node closes its sockets, removes the control socket and exits 0.
+            """)
+
+        @OptionGroup var common: CommonOptions
+        @Option(help: ArgumentHelp("UDP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var udp: String?
+        @Option(help: ArgumentHelp("TCP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var tcp: String?
+        @Flag(help: "Print the start-up status as one JSON line.") var json = false
+
+        func validate() throws {
+            for (flag, value) in [("--udp", udp), ("--tcp", tcp)] {
+                if let value {
+                    do { _ = try SocketAddress(parsing: value) } catch { throw ValidationError("\(flag): \(error)") }
+                }
+            }
+        }
+
+        func run() async throws {
+            let dir = common.directory
+            var config = try dir.loadConfig()
+            if let udp { config.udpListen = try SocketAddress(parsing: udp) }
+            if let tcp { config.tcpListen = try SocketAddress(parsing: tcp) }
+            bootstrapLogging(common.logLevel ?? config.logLevel)
+            let identity = try dir.loadIdentity()
+            let logger = Logger(label: "gpumesh.node")
+
+            let loop = try EventLoop(name: "node")
+            let node: MeshNode
+            do {
+                node = try await MeshNode.start(on: loop, options: .init(identity: identity, config: config,
+                                                                          controlSocketPath: dir.controlSocket, logger: logger))
+            } catch {
+                loop.shutdown()
+                throw CLIError("\(error)")
+            }
+            // Watch the signals before announcing readiness: whoever waits for the announcement may signal at once.
+            let signals = SignalOnce()
+            try await loop.submit {
+                for sig in [SIGINT, SIGTERM] {
+                    _ = try SignalWatcher.watch(on: loop, signal: sig) { signals.fire($0) }
+                }
+            }
+            let status = try await node.status()
+            if json {
+                try printJSON(status)
+            } else {
+                print("node \(status.peerID) running")
+                print("  contact  \(status.contact)")
+                print("  udp      \(status.udp)")
+                print("  tcp      \(status.tcp)")
+                print("  control  \(dir.controlSocket)")
+                print("stop with Ctrl-C or SIGTERM")
+            }
+            flushOutput()
+            let signal = await signals.wait()
+            logger.info("shutting down", metadata: ["signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")"])
+            await node.stop()
+            loop.shutdown()
+            if !json { print("node stopped") }
+        }
+    }
+
+    /// `gpumesh status`: ask the running node.
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the running node's peer ID, addresses, uptime and counters.",
+            discussion: "Exits 1 with a message when no node runs with this data directory.")
+
+        @OptionGroup var common: CommonOptions
+        @Flag(help: "Print the result as JSON.") var json = false
+
+        func run() async throws {
+            bootstrapLogging(common.logLevel, default: "warning")
+            let dir = common.directory
+            guard let status = try await runningNodeStatus(dir) else {
+                throw CLIError("no node is running with data directory \(dir.path) (no control socket answers at \(dir.controlSocket)); start one with `gpumesh node`")
+            }
+            if json {
+                try printJSON(status)
+            } else {
+                print("peer ID  \(status.peerID)")
+                print("contact  \(status.contact)")
+                print("udp      \(status.udp)")
+                print("tcp      \(status.tcp)")
+                print("uptime   \(String(format: "%.1f", status.uptimeSeconds)) s")
+                print("version  \(status.version)")
+                print("counters")
+                for (name, value) in status.counters.sorted(by: { $0.key < $1.key }) {
+                    print("  \(name.padding(toLength: 30, withPad: " ", startingAt: 0)) \(value)")
+                }
+            }
+        }
+    }
+}
+
+/// Asks the node running with `dir` for its status; nil when none answers.
+func runningNodeStatus(_ dir: DataDirectory) async throws -> NodeStatus? {
+    guard FileManager.default.fileExists(atPath: dir.controlSocket) else { return nil }
+    let loop = try EventLoop(name: "client")
+    defer { loop.shutdown() }
+    let result: JSONValue
+    do {
+        result = try await ControlClient.call("node.status", socketPath: dir.controlSocket, on: loop, timeout: .seconds(5))
+    } catch .noNode {
+        return nil
+    } catch {
+        throw CLIError("\(error)")
+    }
+    do {
+        return try JSONDecoder().decode(NodeStatus.self, from: JSONEncoder().encode(result))
+    } catch {
+        throw CLIError("the node's status answer is malformed: \(error)")
+    }
+}
+
+/// Resumes one waiter with the first signal that arrives.
+final class SignalOnce: @unchecked Sendable {
+    private let lock = NSLock()
+    private var signal: Int32?
+    private var waiter: CheckedContinuation<Int32, Never>?
+
+    func fire(_ sig: Int32) {
+        lock.lock()
+        guard signal == nil else { lock.unlock(); return }
+        signal = sig
+        let w = waiter
+        waiter = nil
+        lock.unlock()
+        w?.resume(returning: sig)
+    }
+
+    func wait() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            if let signal { lock.unlock(); continuation.resume(returning: signal); return }
+            waiter = continuation
+            lock.unlock()
+        }
+    }
+}

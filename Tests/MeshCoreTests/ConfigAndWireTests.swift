@@ -1,0 +1,131 @@
+import Foundation
+import MeshCore
+import MeshCrypto
+import Testing
+
+@Suite("Config file")
+struct ConfigTests {
+    @Test("the template `init` writes parses to the defaults")
+    func templateIsDefaults() throws {
+        #expect(try NodeConfig(parsing: NodeConfig.template) == NodeConfig())
+    }
+
+    @Test("settings override defaults")
+    func overrides() throws {
+        let c = try NodeConfig(parsing: """
+        # comment
+        [node]
+        listen_udp = "127.0.0.1:0"   # trailing comment
+        listen_tcp = "[::1]:9000"
+        advertise = ["udp:192.0.2.1:7400", "tcp:192.0.2.1:7401",]
+        log_level = "debug"
+        """)
+        #expect(c.udpListen.description == "127.0.0.1:0")
+        #expect(c.tcpListen.description == "[::1]:9000")
+        #expect(c.advertise.map(\.description) == ["udp:192.0.2.1:7400", "tcp:192.0.2.1:7401"])
+        #expect(c.logLevel == "debug")
+    }
+
+    @Test("errors name the line and the problem", arguments: [
+        ("[node]\nlisten_udp = 127.0.0.1:1", 2, "strings need double quotes"),
+        ("[node]\nlisten_udp = \"127.0.0.1\"", 2, "has no port"),
+        ("[node]\n\nlisten_tcpp = \"127.0.0.1:1\"", 3, "unknown setting 'node.listen_tcpp'"),
+        ("[node]\nlog_level = \"loud\"", 2, "log_level must be one of"),
+        ("[node]\nlog_level = 3", 2, "must be a string"),
+        ("[node]\nlog_level = \"info\"\nlog_level = \"debug\"", 3, "already set on line 2"),
+        ("[node\nx = 1", 1, "expected ']'"),
+        ("[node]\nadvertise = [\"udp:1.2.3.4:5\"", 2, "expected ',' or ']'"),
+        ("[node]\nadvertise = [\"sctp:1.2.3.4:5\"]", 2, "must start with 'udp:' or 'tcp:'"),
+        ("[node]\nlisten_udp = \"abc", 2, "unterminated string"),
+        ("[node]\nlisten_udp = \"a\\qb\"", 2, "unsupported escape"),
+        ("[node]\n= 5", 2, "expected 'key = value'"),
+        ("[node]\nlog_level \"info\"", 2, "expected '=' after 'log_level'"),
+        ("[node]\nlog_level = \"info\" extra", 2, "unexpected text after the value"),
+    ])
+    func errors(text: String, line: Int, fragment: String) {
+        do {
+            _ = try NodeConfig(parsing: text)
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.line == line, "\(error)")
+            #expect(error.description.contains(fragment), "\(error)")
+            #expect(error.description.hasPrefix("line \(line): "))
+        }
+    }
+
+    @Test("values of every supported type")
+    func values() throws {
+        let f = try ConfigFile(parsing: "a = 1_000\nb = true\nc = \"x\\\"y\\\\z\\n\"\nd = [1, \"two\", false]\ne = -5\n[t]\nk = []")
+        #expect(try f.integer("a") == 1000)
+        #expect(try f.bool("b") == true)
+        #expect(try f.string("c") == "x\"y\\z\n")
+        #expect(f["d"]?.value == .array([.integer(1), .string("two"), .bool(false)]))
+        #expect(try f.integer("e") == -5)
+        #expect(try f.strings("t.k") == [])
+        #expect(try f.string("missing") == nil)
+        #expect(throws: ConfigFile.Error.self) { try f.strings("d") }
+        #expect(ConfigFile.Value.string("a\"b").description == "\"a\\\"b\"")
+    }
+}
+
+@Suite("Wire version 0")
+struct WireTests {
+    @Test("probes encode to 44 bytes and decode back; replies are never larger than requests")
+    func probeRoundTrip() {
+        let id = PeerID(publicKey: SigningKey().publicKey)
+        let ping = ProbeMessage(kind: .ping, nonce: 0x0102_0304_0506_0708, sender: id)
+        let bytes = ping.encoded()
+        #expect(bytes.count == ProbeMessage.size)
+        #expect(Array(bytes[0..<12]) == [0x47, 0x4d, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8])
+        #expect(bytes.withUnsafeBytes { ProbeMessage(decoding: $0) } == ping)
+        let pong = ProbeMessage(kind: .pong, nonce: ping.nonce, sender: id).encoded()
+        #expect(pong.count <= bytes.count)
+    }
+
+    @Test("any byte string that is not exactly a probe is refused, never trapped on")
+    func probeFuzz() {
+        let valid = ProbeMessage(kind: .pong, nonce: 7, sender: PeerID(publicKey: SigningKey().publicKey)).encoded()
+        var accepted = 0
+        for i in 0..<10_000 {
+            var bytes: [UInt8]
+            if i % 2 == 0 {
+                bytes = (0..<Int.random(in: 0...80)).map { _ in UInt8.random(in: 0...255) }
+            } else if i % 4 == 1 {
+                bytes = valid
+                bytes[Int.random(in: 0..<3)] ^= UInt8.random(in: 1...255)  // corrupt magic or version
+            } else {
+                bytes = valid
+                bytes[3] = [0, 3, 4, 0x81, 0xff].randomElement()!  // an unknown kind
+            }
+            if bytes.withUnsafeBytes({ ProbeMessage(decoding: $0) }) != nil { accepted += 1 }
+        }
+        #expect(accepted == 0)
+        #expect(valid.dropLast().withUnsafeBytes { ProbeMessage(decoding: UnsafeRawBufferPointer($0)) } == nil)
+        #expect((valid + [0]).withUnsafeBytes { ProbeMessage(decoding: $0) } == nil)
+    }
+
+    @Test("TCP banners round-trip and malformed ones are refused")
+    func banner() {
+        let id = PeerID(publicKey: SigningKey().publicKey)
+        let b = TCPBanner.encode(id)
+        #expect(b.count == TCPBanner.size)
+        #expect(TCPBanner.decode(b) == id)
+        #expect(TCPBanner.decode(Array(b.dropLast())) == nil)
+        var wrong = b; wrong[0] = UInt8(ascii: "X")
+        #expect(TCPBanner.decode(wrong) == nil)
+        var badHex = b; badHex[20] = UInt8(ascii: "z")
+        #expect(TCPBanner.decode(badHex) == nil)
+    }
+
+    @Test("JSON-RPC responses carry exactly one of result and error")
+    func jsonRPC() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let ok = String(decoding: try encoder.encode(JSONRPC.Response(id: .int(1), result: .null)), as: UTF8.self)
+        #expect(ok == #"{"id":1,"jsonrpc":"2.0","result":null}"#)
+        let err = String(decoding: try encoder.encode(JSONRPC.Response(id: .string("a"), error: .methodNotFound("x"))), as: UTF8.self)
+        #expect(err == #"{"error":{"code":-32601,"message":"method not found: x"},"id":"a","jsonrpc":"2.0"}"#)
+        let decoded = try JSONDecoder().decode(JSONValue.self, from: Data(#"{"a":[1,2.5,"s",true,null,{}]}"#.utf8))
+        #expect(decoded == .object(["a": .array([.int(1), .double(2.5), .string("s"), .bool(true), .null, .object([:])])]))
+    }
+}

@@ -64,15 +64,18 @@ public final class EventLoop: @unchecked Sendable {
         uv = .allocate(capacity: 1)
         wakeup = .allocate(capacity: 1)
         readBuffer = .allocate(byteCount: 64 * 1024, alignment: 16)
-        do {
-            try uvCheck(uv_loop_init(uv), "uv_loop_init")
-        } catch {
-            uv.deallocate(); wakeup.deallocate(); readBuffer.deallocate()
-            throw error
-        }
-        uv_async_init(uv, wakeup) { handle in
+        // Every stored property is initialised by now, so a throw below runs `deinit`,
+        // which frees the three allocations: the failure paths must not free them again.
+        try uvCheck(uv_loop_init(uv), "uv_loop_init")
+        let asyncStatus = uv_async_init(uv, wakeup) { handle in
             let loop = Unmanaged<EventLoop>.fromOpaque(handle!.pointee.data).takeUnretainedValue()
             loop.drainInbox()
+        }
+        do {
+            try uvCheck(asyncStatus, "uv_async_init")
+        } catch {
+            uv_loop_close(uv)
+            throw error
         }
         wakeup.pointee.data = Unmanaged.passUnretained(self).toOpaque()
 

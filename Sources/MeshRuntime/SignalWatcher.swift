@@ -19,10 +19,7 @@ public final class SignalWatcher: LoopHandle, @unchecked Sendable {
         let status = uv_signal_start(s, { s, signum in
             wrapper(UnsafeMutableRawPointer(s), as: SignalWatcher.self).handler?(signum)
         }, signal)
-        if status < 0 {
-            watcher.close()
-            throw UVError(code: status, call: "uv_signal_start(\(signal))")
-        }
+        do { try uvCheck(status, "uv_signal_start(\(signal))") } catch { watcher.close(); throw error }
         return watcher
     }
 

@@ -22,7 +22,7 @@ public final class LoopTimer: LoopHandle, @unchecked Sendable {
         let t = timer.raw.assumingMemoryBound(to: uv_timer_t.self)
         try uvCheck(uv_timer_init(loop.uv, t), "uv_timer_init")
         timer.adopt()
-        let status = uv_timer_start(t, { t in
+        let status: Int32 = uv_timer_start(t, { t in
             let timer = wrapper(UnsafeMutableRawPointer(t), as: LoopTimer.self)
             guard !timer.isClosing else { return }
             if !timer.repeats {
@@ -33,10 +33,7 @@ public final class LoopTimer: LoopHandle, @unchecked Sendable {
                 timer.body?()
             }
         }, milliseconds(delay), interval.map(milliseconds) ?? 0)
-        if status < 0 {
-            timer.close()
-            throw UVError(code: status, call: "uv_timer_start")
-        }
+        do { try uvCheck(status, "uv_timer_start") } catch { timer.close(); throw error }
         return timer
     }
 

@@ -2,6 +2,9 @@ import ArgumentParser
 import Foundation
 import MeshCore
 import MeshRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension GPUMesh {
     /// `gpumesh bench ...`: measured figures, run from a release build.
@@ -28,12 +31,15 @@ extension GPUMesh {
         func run() async throws {
             let loop = try EventLoop(name: "bench")
             defer { loop.shutdown() }
+            let raw = try rawUDPRoundTrips()
             let window1 = try await udpEcho(on: loop, window: 1)
             let window32 = try await udpEcho(on: loop, window: 32)
             let submissions = try await crossThread(on: loop)
             let tcp = try await tcpThroughput()
             var result: [String: JSONValue] = [
                 "udp_roundtrips_per_s": .int(Int(window1)),
+                "udp_raw_syscall_roundtrips_per_s": .int(Int(raw)),
+                "udp_loop_to_raw_ratio": .double((window1 / raw * 1000).rounded() / 1000),
                 "udp_echo_datagrams_per_s_window_32": .int(Int(window32)),
                 "cross_thread_submissions_per_s": .int(Int(submissions)),
                 "tcp_loopback_mb_per_s": .double((tcp * 10).rounded() / 10),
@@ -50,6 +56,7 @@ extension GPUMesh {
                 try printJSON(result)
             } else {
                 print("udp round trips (1 KiB, one in flight)  \(Int(window1))/s")
+                print("  same over raw blocking syscalls       \(Int(raw))/s (loop/raw \(String(format: "%.2f", window1 / raw)))")
                 print("udp echo (1 KiB, 32 in flight)          \(Int(window32)) datagrams/s")
                 print("cross-thread submissions                \(Int(submissions))/s")
                 print(String(format: "tcp loopback, one connection            %.1f MB/s", tcp))
@@ -88,6 +95,47 @@ extension GPUMesh {
                     }
                 }
             }
+        }
+
+        /// The baseline: the same 1 KiB ping-pong over two plain blocking sockets in one thread
+        /// (sendto/recvfrom, no event loop), so the loop's figure can be read as a ratio.
+        private func rawUDPRoundTrips() throws -> Double {
+            func boundSocket() throws -> (Int32, sockaddr_in) {
+                let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+                guard fd >= 0 else { throw CLIError("socket: errno \(errno)") }
+                var addr = sockaddr_in()
+                addr.sin_family = sa_family_t(AF_INET)
+                addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+                var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let ok = withUnsafeMutablePointer(to: &addr) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+                }
+                guard ok else { close(fd); throw CLIError("bind: errno \(errno)") }
+                return (fd, addr)
+            }
+            let (a, aAddr) = try boundSocket()
+            defer { close(a) }
+            let (b, bAddr) = try boundSocket()
+            defer { close(b) }
+            var payload = [UInt8](repeating: 0xab, count: 1024)
+            var buffer = [UInt8](repeating: 0, count: 2048)
+            func send(_ fd: Int32, to addr: sockaddr_in) {
+                var to = addr
+                _ = withUnsafePointer(to: &to) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, &payload, payload.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+            }
+            let start = EventLoop.monotonicNanoseconds()
+            let deadline = start + UInt64(seconds * 1e9)
+            var count = 0
+            while EventLoop.monotonicNanoseconds() < deadline {
+                send(a, to: bAddr)
+                guard recv(b, &buffer, buffer.count, 0) == payload.count else { throw CLIError("raw baseline: short read") }
+                send(b, to: aAddr)
+                guard recv(a, &buffer, buffer.count, 0) == payload.count else { throw CLIError("raw baseline: short read") }
+                count += 1
+            }
+            return Double(count) / (Double(EventLoop.monotonicNanoseconds() - start) / 1e9)
         }
 
         /// One thread off the loop submits closures as fast as it can; the time runs until the loop ran the last.

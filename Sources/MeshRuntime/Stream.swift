@@ -1,5 +1,6 @@
 import CLibUV
 import MeshCore
+import MeshCrypto
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -253,7 +254,7 @@ public final class StreamConnection: LoopHandle, @unchecked Sendable {
     /// Writes `bytes` (loop thread). Never blocks; the queue grows instead, so loop-side writers
     /// should watch `isWritable`. `completion` runs once the bytes are handed to the kernel, or
     /// with the error that stopped them.
-    public func write(_ bytes: some ContiguousBytesView, completion: ((UVError?) -> Void)? = nil) {
+    public func write(_ bytes: some ContiguousBytes, completion: ((UVError?) -> Void)? = nil) {
         loop.preconditionInLoop()
         bytes.withUnsafeBytes { enqueue($0, completion: completion) }
     }
@@ -419,18 +420,6 @@ private final class WriteRequest {
     var payload: UnsafeMutableRawPointer { block + Self.reqSize }
 
     deinit { block.deallocate() }
-}
-
-/// Byte containers that `StreamConnection.write` accepts on the loop thread.
-public protocol ContiguousBytesView {
-    /// Calls `body` with the bytes.
-    func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
-}
-extension Array: ContiguousBytesView where Element == UInt8 {}
-extension ArraySlice: ContiguousBytesView where Element == UInt8 {}
-extension UnsafeRawBufferPointer: ContiguousBytesView {
-    /// Calls `body` with this buffer.
-    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try body(self) }
 }
 
 /// A listening stream socket (TCP or Unix) that hands each accepted connection to a handler.

@@ -50,7 +50,7 @@ public final class SigningKey: Sendable {
     /// The 32-byte seed: the only secret that is stored on disk.
     public let seed: SecretBytes
     /// libsodium's 64-byte expanded secret key (seed || public key).
-    private let expanded: SecretBytes
+    let expandedSecret: SecretBytes
     /// The matching public key.
     public let publicKey: PublicKey
 
@@ -76,7 +76,7 @@ public final class SigningKey: Sendable {
         }
         try Sodium.check(status, "crypto_sign_seed_keypair")
         self.seed = seed
-        self.expanded = expanded
+        self.expandedSecret = expanded
         self.publicKey = try PublicKey(bytes: pk)
     }
 
@@ -84,7 +84,7 @@ public final class SigningKey: Sendable {
     public func signature(for message: some ContiguousBytes) -> [UInt8] {
         var sig = [UInt8](repeating: 0, count: PublicKey.signatureByteCount)
         message.withUnsafeBytes { m in
-            expanded.withUnsafeBytes { e in
+            expandedSecret.withUnsafeBytes { e in
                 _ = crypto_sign_detached(&sig, nil, m.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(m.count),
                                          e.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }

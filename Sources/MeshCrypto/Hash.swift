@@ -30,13 +30,19 @@ public enum Blake2b {
         private let outputLength: Int
         private var finished = false
 
-        /// Starts an unkeyed hash with the given output length (16...64 bytes).
-        public init(outputLength: Int = 32) {
+        /// Starts a hash with the given output length (16...64 bytes), keyed if `key` is given (16...64 bytes).
+        public init(outputLength: Int = 32, key: SecretBytes? = nil) {
             Sodium.ensureInitialised()
             precondition((16...64).contains(outputLength), "BLAKE2b output length must be 16...64")
             self.outputLength = outputLength
             state = UnsafeMutableRawPointer.allocate(byteCount: crypto_generichash_statebytes(), alignment: 64)
-            crypto_generichash_init(OpaquePointer(state), nil, 0, outputLength)
+            if let key {
+                key.withUnsafeBytes { k in
+                    _ = crypto_generichash_init(OpaquePointer(state), k.baseAddress?.assumingMemoryBound(to: UInt8.self), k.count, outputLength)
+                }
+            } else {
+                crypto_generichash_init(OpaquePointer(state), nil, 0, outputLength)
+            }
         }
 
         /// Feeds more bytes.

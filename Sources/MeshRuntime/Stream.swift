@@ -60,6 +60,9 @@ public final class StreamConnection: LoopHandle, @unchecked Sendable {
     public private(set) var bytesWritten = 0
     /// Why the connection closed, once it has (nil for a clean close).
     public private(set) var closeError: UVError?
+    /// Called on the loop when the write queue drains below the low-water mark (for layers
+    /// above, such as secure channels, that keep writers of their own waiting).
+    public var onWriteQueueDrained: (() -> Void)?
 
     private var reader: ((ReadEvent) -> Void)?
     private var readingPaused = false
@@ -316,6 +319,7 @@ public final class StreamConnection: LoopHandle, @unchecked Sendable {
         bytesWritten += request.count
         request.completion?(nil)
         releaseBlockedWriters()
+        if queuedWriteBytes < lowWaterMark, !isClosing { onWriteQueueDrained?() }
     }
 
     private func releaseBlockedWriters() {
@@ -388,6 +392,7 @@ public final class StreamConnection: LoopHandle, @unchecked Sendable {
 
     override func willClose() {
         reader = nil
+        onWriteQueueDrained = nil
         let error = closeError ?? UVError(code: UVError.canceled, call: "write")
         let waiting = blockedWriters[blockedHead...]
         blockedWriters = []

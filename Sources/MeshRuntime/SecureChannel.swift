@@ -1,0 +1,475 @@
+import MeshCore
+import MeshCrypto
+
+/// An authenticated, encrypted channel over a stream: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b`
+/// with the mesh key as the pre-shared key, each side's Ed25519 identity bound to its Noise
+/// static key by a signature in the handshake payload. Loop-confined, except the `async`
+/// methods. Docs/PROTOCOL.md specifies the bytes.
+///
+/// - An outsider of a private mesh fails on the first message (psk0) and learns no identity.
+/// - The initiator names the peer it means to reach and aborts if another identity answers.
+/// - Application messages of any size up to `Settings.maxMessageBytes` are split into frames of
+///   at most 65,535 bytes; each direction rekeys every `Settings.rekeyInterval` frames.
+/// - A frame that fails authentication closes the channel.
+public final class SecureChannel: @unchecked Sendable {
+    /// The Noise protocol name.
+    public static let protocolName = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b"
+    /// The prologue both sides hash: names the GPUMesh channel protocol version.
+    public static let prologue = Array("GPUMesh channel v1".utf8)
+    /// Domain separation for the identity signature over the Noise static key.
+    public static let identityContext = Array("gpumesh/noise-identity/v1".utf8)
+    /// The largest plaintext in one transport frame (65,535 less the tag and the type byte).
+    public static let maxFragment = Noise.maxMessageLength - AEAD.tagByteCount - 1
+
+    /// Tunables.
+    public struct Settings: Sendable {
+        /// A handshake not finished within this is dropped.
+        public var handshakeTimeout: Duration = .seconds(10)
+        /// Each direction's key is replaced (Noise REKEY) after this many frames.
+        public var rekeyInterval: UInt64 = 1 << 16
+        /// The largest application message accepted.
+        public var maxMessageBytes = 64 << 20
+        /// Makes the defaults.
+        public init() {}
+    }
+
+    /// Why a channel failed.
+    public enum Failure: Error, Equatable, CustomStringConvertible, Sendable {
+        /// The TCP connection could not be made.
+        case connect(UVError)
+        /// The handshake did not finish in time.
+        case handshakeTimeout
+        /// A Noise error: `decryptFailed` in the handshake usually means a different mesh key.
+        case noise(Noise.Failure)
+        /// The handshake payload did not prove an identity.
+        case badIdentity(String)
+        /// The responder proved an identity other than the one the initiator meant to reach.
+        case unexpectedPeer(expected: PeerID, actual: PeerID)
+        /// The peer broke the framing rules.
+        case protocolViolation(String)
+        /// An application message exceeded the limit.
+        case messageTooLarge(Int)
+        /// The connection closed (with the transport error, if any).
+        case closed(UVError?)
+        /// The peer hung up before the handshake finished: typically it refused our mesh key.
+        case peerClosedDuringHandshake
+        /// A transport frame failed authentication (corrupted or tampered with).
+        case frameAuthenticationFailed
+
+        /// A message for people.
+        public var description: String {
+            switch self {
+            case .connect(let e): return "cannot connect: \(e)"
+            case .handshakeTimeout: return "handshake timed out"
+            case .noise(.decryptFailed): return "handshake failed: the peer uses a different mesh key, or the bytes were tampered with"
+            case .noise(let e): return "handshake failed: \(e)"
+            case .badIdentity(let why): return "peer did not prove its identity: \(why)"
+            case .unexpectedPeer(let e, let a): return "expected peer \(e.short) but \(a.short) answered"
+            case .protocolViolation(let why): return "protocol violation: \(why)"
+            case .messageTooLarge(let n): return "message of \(n) bytes exceeds the limit"
+            case .closed(let e): return e.map { "channel closed: \($0)" } ?? "channel closed"
+            case .frameAuthenticationFailed: return "a frame failed authentication (corrupted or tampered with); channel closed"
+            case .peerClosedDuringHandshake:
+                return "the peer closed the connection during the handshake (it probably uses a different mesh key)"
+            }
+        }
+    }
+
+    private enum FrameType: UInt8 {
+        case final = 0, fragment = 1, close = 2
+    }
+
+    /// The loop the channel lives on.
+    public let loop: EventLoop
+    /// The underlying stream.
+    public let connection: StreamConnection
+    /// The peer's proven identity (set once the handshake completes).
+    public private(set) var remoteIdentity: PublicKey?
+    /// The peer's ID (valid once the handshake completes).
+    public var remotePeerID: PeerID? { remoteIdentity.map(PeerID.init(publicKey:)) }
+    /// The handshake hash, unique to this session (once complete).
+    public private(set) var handshakeHash: [UInt8]?
+    /// Frames sent and received so far (transport phase).
+    public private(set) var framesSent: UInt64 = 0
+    /// Frames received so far (transport phase).
+    public private(set) var framesReceived: UInt64 = 0
+    /// Why the channel closed, once it has.
+    public private(set) var failure: Failure?
+
+    private let identity: SigningKey
+    private let settings: Settings
+    private let expectedPeer: PeerID?
+    private var handshake: Noise.HandshakeState?
+    private var transport: Noise.Transport?
+    private var inbound: [UInt8] = []
+    private var inboundStart = 0
+    private var partial: [UInt8] = []
+    private var scratch: [UInt8] = []
+    private var onMessage: (([UInt8]) -> Void)?
+    private var pendingMessages: [[UInt8]] = []
+    private var closeHandlers: [(Failure?) -> Void] = []
+    private var completion: ((Result<SecureChannel, Failure>) -> Void)?
+    private var timer: LoopTimer?
+    private var blockedSenders: [(message: [UInt8], continuation: CheckedContinuation<Void, Error>)] = []
+    private var finished = false
+
+    private init(connection: StreamConnection, identity: SigningKey, meshKey: MeshKey, role: Noise.Role,
+                 expectedPeer: PeerID?, settings: Settings) throws(Noise.Failure) {
+        loop = connection.loop
+        self.connection = connection
+        self.identity = identity
+        self.settings = settings
+        self.expectedPeer = expectedPeer
+        handshake = try Noise.HandshakeState(protocolName: Self.protocolName, role: role, prologue: Self.prologue,
+                                             localStatic: X25519KeyPair(converting: identity), presharedKeys: [meshKey.secret])
+    }
+
+    // MARK: Establishing
+
+    /// Opens a channel to `contact` and proves both identities (loop thread); `completion` runs on the loop.
+    public static func connect(on loop: EventLoop, to contact: Contact, identity: SigningKey, meshKey: MeshKey,
+                               settings: Settings = Settings(), _ completion: @escaping (Result<SecureChannel, Failure>) -> Void) {
+        loop.preconditionInLoop()
+        guard let address = contact.address(for: .tcp) else {
+            completion(.failure(.connect(UVError(code: UVError.invalidArgument, call: "contact has no tcp address"))))
+            return
+        }
+        StreamConnection.connect(on: loop, to: .tcp(address), timeout: settings.handshakeTimeout) { result in
+            switch result {
+            case .failure(let e): completion(.failure(.connect(e)))
+            case .success(let connection):
+                do throws(Noise.Failure) {
+                    let channel = try SecureChannel(connection: connection, identity: identity, meshKey: meshKey,
+                                                    role: .initiator, expectedPeer: contact.peerID, settings: settings)
+                    channel.start(completion)
+                    channel.sendHandshakeMessage(payload: [])
+                } catch {
+                    connection.close()
+                    completion(.failure(.noise(error)))
+                }
+            }
+        }
+    }
+
+    /// Opens a channel from any thread.
+    public static func connect(on loop: EventLoop, to contact: Contact, identity: SigningKey, meshKey: MeshKey,
+                               settings: Settings = Settings()) async throws -> SecureChannel {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SecureChannel, Error>) in
+            let accepted = loop.execute {
+                connect(on: loop, to: contact, identity: identity, meshKey: meshKey, settings: settings) {
+                    continuation.resume(with: $0.mapError { $0 })
+                }
+            }
+            if !accepted { continuation.resume(throwing: EventLoopError.shutDown) }
+        }
+    }
+
+    /// Runs the responder's side of the handshake on an accepted connection (loop thread).
+    public static func accept(_ connection: StreamConnection, identity: SigningKey, meshKey: MeshKey,
+                              settings: Settings = Settings(), _ completion: @escaping (Result<SecureChannel, Failure>) -> Void) {
+        connection.loop.preconditionInLoop()
+        do {
+            let channel = try SecureChannel(connection: connection, identity: identity, meshKey: meshKey,
+                                            role: .responder, expectedPeer: nil, settings: settings)
+            channel.start(completion)
+        } catch {
+            connection.close()
+            completion(.failure(.noise(error)))
+        }
+    }
+
+    /// Wires the channel to its connection. The connection's callbacks hold the channel strongly:
+    /// an open connection keeps its channel alive, and closing it (which drops every callback)
+    /// releases it.
+    private func start(_ completion: @escaping (Result<SecureChannel, Failure>) -> Void) {
+        self.completion = completion
+        timer = try? loop.schedule(after: settings.handshakeTimeout) { [weak self] in self?.fail(.handshakeTimeout) }
+        connection.onClose { error in self.connectionClosed(error) }
+        connection.startReading { event in
+            if case .data(let bytes) = event { self.received(bytes) }
+        }
+        connection.onWriteQueueDrained = { self.releaseBlockedSenders() }
+    }
+
+    // MARK: Handshake
+
+    /// This side's identity proof: its Ed25519 key and a signature over its Noise static key.
+    private func identityProof() -> [UInt8] {
+        identity.publicKey.bytes + identity.signature(for: Self.identityContext + X25519KeyPair(converting: identity).publicKey)
+    }
+
+    private func sendHandshakeMessage(payload: [UInt8]) {
+        guard let handshake else { return }
+        do {
+            writeFrame(try handshake.writeMessage(payload: payload))
+            if handshake.isComplete { handshakeFinished() }
+        } catch {
+            fail(.noise(error))
+        }
+    }
+
+    private func receivedHandshakeMessage(_ message: [UInt8]) {
+        guard let handshake else { return }
+        let payload: [UInt8]
+        do { payload = try handshake.readMessage(message) } catch { fail(.noise(error)); return }
+        // Messages 2 (from the responder) and 3 (from the initiator) carry identity proofs.
+        if let remoteStatic = handshake.remoteStatic, remoteIdentity == nil {
+            do { remoteIdentity = try verifyProof(payload, noiseStatic: remoteStatic) } catch { fail(error); return }
+            if let expectedPeer, PeerID(publicKey: remoteIdentity!) != expectedPeer {
+                fail(.unexpectedPeer(expected: expectedPeer, actual: PeerID(publicKey: remoteIdentity!)))
+                return
+            }
+        } else if !payload.isEmpty {
+            fail(.protocolViolation("unexpected handshake payload"))
+            return
+        }
+        if handshake.isComplete {
+            handshakeFinished()
+        } else if handshake.isMyTurn {
+            // The responder's message 2 and the initiator's message 3 both carry a proof.
+            sendHandshakeMessage(payload: identityProof())
+        }
+    }
+
+    private func verifyProof(_ payload: [UInt8], noiseStatic: [UInt8]) throws(Failure) -> PublicKey {
+        guard payload.count == PublicKey.byteCount + PublicKey.signatureByteCount else {
+            throw .badIdentity("proof is \(payload.count) bytes, expected 96")
+        }
+        guard let key = try? PublicKey(bytes: payload[0..<32]) else { throw .badIdentity("malformed key") }
+        guard key.isValidSignature(Array(payload[32...]), for: Self.identityContext + noiseStatic) else {
+            throw .badIdentity("signature over the Noise static key does not verify")
+        }
+        guard let converted = try? key.x25519(), constantTimeEquals(converted, noiseStatic) else {
+            throw .badIdentity("Noise static key is not the identity's X25519 key")
+        }
+        return key
+    }
+
+    private func handshakeFinished() {
+        guard let handshake, let t = handshake.transport, remoteIdentity != nil else {
+            fail(.badIdentity("handshake finished without an identity proof"))
+            return
+        }
+        transport = t
+        handshakeHash = t.handshakeHash
+        self.handshake = nil
+        timer?.cancel()
+        timer = nil
+        let done = completion
+        completion = nil
+        done?(.success(self))
+    }
+
+    /// True once both identities are proven and messages can flow.
+    public var isEstablished: Bool { transport != nil && !finished }
+
+    // MARK: Framing
+
+    private func writeFrame(_ body: [UInt8]) {
+        precondition(body.count <= Noise.maxMessageLength)
+        var frame: [UInt8] = [UInt8(body.count >> 8), UInt8(body.count & 0xff)]
+        frame += body
+        connection.write(frame)
+    }
+
+    private func received(_ bytes: UnsafeRawBufferPointer) {
+        inbound.append(contentsOf: bytes)
+        while !finished {
+            let available = inbound.count - inboundStart
+            guard available >= 2 else { break }
+            let length = Int(inbound[inboundStart]) << 8 | Int(inbound[inboundStart + 1])
+            guard length > 0 else { fail(.protocolViolation("empty frame")); return }
+            guard available >= 2 + length else { break }
+            let start = inboundStart + 2
+            inboundStart += 2 + length
+            if transport != nil {
+                receivedTransportFrame(start..<start + length)
+            } else {
+                receivedHandshakeMessage(Array(inbound[start..<start + length]))
+            }
+        }
+        if inboundStart > 0 && (inboundStart == inbound.count || inboundStart > 1 << 16) {
+            inbound.removeFirst(inboundStart)
+            inboundStart = 0
+        }
+    }
+
+    private func receivedTransportFrame(_ range: Range<Int>) {
+        guard let transport else { return }
+        scratch.removeAll(keepingCapacity: true)
+        do {
+            try inbound.withUnsafeBytes { try transport.receive.decrypt(UnsafeRawBufferPointer(rebasing: $0[range]), appendingTo: &scratch) }
+        } catch {
+            fail(.frameAuthenticationFailed)
+            return
+        }
+        framesReceived += 1
+        if framesReceived % settings.rekeyInterval == 0 { transport.receive.rekey() }
+        guard let type = scratch.first.flatMap(FrameType.init(rawValue:)) else {
+            fail(.protocolViolation("unknown frame type"))
+            return
+        }
+        switch type {
+        case .close:
+            finish(nil)
+            connection.closeGracefully()
+        case .fragment, .final:
+            guard partial.count + scratch.count - 1 <= settings.maxMessageBytes else {
+                fail(.messageTooLarge(partial.count + scratch.count - 1))
+                return
+            }
+            partial.append(contentsOf: scratch[1...])
+            if type == .final {
+                let message = partial
+                partial = []
+                if let onMessage { onMessage(message) } else { pendingMessages.append(message) }
+            }
+        }
+    }
+
+    // MARK: Sending
+
+    /// Sends one application message (loop thread). Never blocks: the write queue grows instead;
+    /// use `send(_:) async` to wait for room. Returns false if the channel is not established.
+    @discardableResult
+    public func send(_ message: [UInt8]) -> Bool {
+        loop.preconditionInLoop()
+        guard let transport, !finished else { return false }
+        guard message.count <= settings.maxMessageBytes else { fail(.messageTooLarge(message.count)); return false }
+        var offset = 0
+        repeat {
+            let n = min(Self.maxFragment, message.count - offset)
+            let last = offset + n == message.count
+            scratch.removeAll(keepingCapacity: true)
+            scratch.append(last ? FrameType.final.rawValue : FrameType.fragment.rawValue)
+            scratch.append(contentsOf: message[offset..<offset + n])
+            guard sealFrame(transport) else { return false }
+            offset += n
+        } while offset < message.count
+        return true
+    }
+
+    /// Encrypts `scratch` as one frame and writes it.
+    private func sealFrame(_ transport: Noise.Transport) -> Bool {
+        var frame: [UInt8] = [0, 0]
+        frame.reserveCapacity(2 + scratch.count + AEAD.tagByteCount)
+        let sealed = scratch.withUnsafeBytes { (try? transport.send.encrypt($0, appendingTo: &frame)) != nil }
+        guard sealed else {
+            fail(.noise(.nonceExhausted))  // the only way a keyed transport encryption fails
+            return false
+        }
+        let length = frame.count - 2
+        frame[0] = UInt8(length >> 8)
+        frame[1] = UInt8(length & 0xff)
+        connection.write(frame)
+        framesSent += 1
+        if framesSent % settings.rekeyInterval == 0 { transport.send.rekey() }
+        return true
+    }
+
+    /// Sends a message from any thread, waiting while the connection's write queue is full.
+    public func send(_ message: [UInt8]) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            let accepted = loop.execute { [self] in
+                if finished || transport == nil {
+                    continuation.resume(throwing: failure ?? .closed(nil))
+                } else if blockedSenders.isEmpty && connection.isWritable {
+                    if send(message) { continuation.resume() } else { continuation.resume(throwing: failure ?? .closed(nil)) }
+                } else {
+                    blockedSenders.append((message, continuation))
+                }
+            }
+            if !accepted { continuation.resume(throwing: EventLoopError.shutDown) }
+        }
+    }
+
+    private func releaseBlockedSenders() {
+        var i = 0
+        while i < blockedSenders.count, connection.isWritable, !finished {
+            let next = blockedSenders[i]
+            i += 1
+            if send(next.message) { next.continuation.resume() } else { next.continuation.resume(throwing: failure ?? .closed(nil)) }
+        }
+        blockedSenders.removeFirst(i)
+    }
+
+    // MARK: Receiving
+
+    /// Delivers each application message to `handler` on the loop (messages that arrived before
+    /// a handler was set are delivered first).
+    public func setMessageHandler(_ handler: @escaping ([UInt8]) -> Void) {
+        loop.preconditionInLoop()
+        onMessage = handler
+        let queued = pendingMessages
+        pendingMessages = []
+        for m in queued { handler(m) }
+    }
+
+    /// The application messages as an async sequence, from any thread (set up once per channel).
+    public func messages() async throws -> AsyncThrowingStream<[UInt8], Error> {
+        let (stream, continuation) = AsyncThrowingStream.makeStream(of: [UInt8].self)
+        try await loop.submit { [self] in
+            setMessageHandler { continuation.yield($0) }
+            onClose { failure in
+                if let failure, failure != .closed(nil) { continuation.finish(throwing: failure) } else { continuation.finish() }
+            }
+        }
+        return stream
+    }
+
+    // MARK: Closing
+
+    /// Calls `handler` once the channel is closed, with the failure (nil for a clean close).
+    public func onClose(_ handler: @escaping (Failure?) -> Void) {
+        loop.preconditionInLoop()
+        if finished { handler(failure) } else { closeHandlers.append(handler) }
+    }
+
+    /// Closes cleanly: a close frame, then the stream after queued writes flush (loop thread).
+    public func close() {
+        loop.preconditionInLoop()
+        guard !finished else { return }
+        if let transport {
+            scratch = [FrameType.close.rawValue]
+            _ = sealFrame(transport)
+        }
+        finish(nil)
+        connection.closeGracefully()
+    }
+
+    /// Closes from any thread.
+    public func closeFromAnyThread() { loop.execute { [self] in close() } }
+
+    private func fail(_ error: Failure) {
+        guard !finished else { return }
+        finish(error)
+        connection.close()
+    }
+
+    private func connectionClosed(_ error: UVError?) {
+        if transport == nil && completion != nil {
+            fail(.peerClosedDuringHandshake)
+        } else {
+            if !finished { finish(error.map { .closed($0) } ?? .closed(nil)) }
+        }
+    }
+
+    private func finish(_ error: Failure?) {
+        guard !finished else { return }
+        finished = true
+        failure = error
+        timer?.cancel()
+        timer = nil
+        handshake = nil
+        let done = completion
+        completion = nil
+        done?(.failure(error ?? .closed(nil)))
+        let waiting = blockedSenders
+        blockedSenders = []
+        for w in waiting { w.continuation.resume(throwing: error ?? .closed(nil)) }
+        let handlers = closeHandlers
+        closeHandlers = []
+        for h in handlers { h(error) }
+        onMessage = nil
+    }
+}

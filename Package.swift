@@ -48,6 +48,6 @@ let package = Package(
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
         .testTarget(name: "MeshRuntimeTests", dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto"], swiftSettings: strict),
-        .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore"], swiftSettings: strict),
+        .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]
 )

@@ -13,9 +13,11 @@ public struct NodeConfig: Sendable, Equatable {
     public var advertise: [TransportAddress] = []
     /// Log level: trace, debug, info, notice, warning, error, critical.
     public var logLevel = "info"
+    /// Path of the private mesh's key file; nil joins the public mesh.
+    public var meshKeyFile: String?
 
     /// The settings a node understands, as `table.key`.
-    public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level"]
+    public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -38,6 +40,10 @@ public struct NodeConfig: Sendable, Equatable {
                 do { advertise.append(TransportAddress(t, try SocketAddress(parsing: item[item.index(after: colon)...]))) }
                 catch { throw ConfigFile.Error(line: line, "advertise entry '\(item)': \(error)") }
             }
+        }
+        if let path = try file.string("node.mesh_key_file") {
+            guard !path.isEmpty else { throw ConfigFile.Error(line: file["node.mesh_key_file"]!.line, "mesh_key_file is empty") }
+            meshKeyFile = path
         }
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
@@ -72,6 +78,10 @@ public struct NodeConfig: Sendable, Equatable {
 
     # trace, debug, info, notice, warning, error or critical.
     log_level = "info"
+
+    # Join a private mesh: the path of its key file (make one with `gpumesh mesh-key new`).
+    # Without it the node joins the public mesh. --mesh-key overrides this.
+    # mesh_key_file = "mesh.key"
 
     """
 }

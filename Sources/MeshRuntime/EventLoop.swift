@@ -39,6 +39,8 @@ public final class EventLoop: @unchecked Sendable {
     /// A scratch buffer for reads: libuv hands data to read callbacks synchronously, so every
     /// handle of this loop can share it (one buffer per loop, not per socket).
     let readBuffer: UnsafeMutableRawBufferPointer
+    /// The read buffer's size: several full channel frames, so they can be opened in place.
+    static let readBufferBytes = 256 * 1024
 
     /// Set when the thread has exited: true if `uv_loop_close` found no handle left open.
     public var closedCleanly: Bool { cleanClose.load(ordering: .acquiring) }
@@ -63,7 +65,7 @@ public final class EventLoop: @unchecked Sendable {
         self.name = name
         uv = .allocate(capacity: 1)
         wakeup = .allocate(capacity: 1)
-        readBuffer = .allocate(byteCount: 64 * 1024, alignment: 16)
+        readBuffer = .allocate(byteCount: EventLoop.readBufferBytes, alignment: 16)
         // Every stored property is initialised by now, so a throw below runs `deinit`,
         // which frees the three allocations: the failure paths must not free them again.
         try uvCheck(uv_loop_init(uv), "uv_loop_init")

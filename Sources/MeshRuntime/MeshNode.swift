@@ -11,12 +11,30 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case datagramsIn = "datagrams_in"
     /// Datagrams sent.
     case datagramsOut = "datagrams_out"
-    /// Datagrams dropped because they were not a well-formed message.
-    case datagramsDroppedMalformed = "datagrams_dropped_malformed"
-    /// Pongs that matched no outstanding ping (late, forged or from the wrong address).
-    case datagramsDroppedUnsolicited = "datagrams_dropped_unsolicited"
     /// Sends the socket refused or dropped.
     case datagramsSendFailed = "datagrams_send_failed"
+    /// Datagrams dropped: shorter than a sealed header.
+    case droppedTooShort = "datagrams_dropped_too_short"
+    /// Datagrams dropped: not wire version 1.
+    case droppedBadVersion = "datagrams_dropped_bad_version"
+    /// Datagrams dropped: reserved flags set.
+    case droppedBadFlags = "datagrams_dropped_bad_flags"
+    /// Datagrams dropped: the sender key is not a valid point.
+    case droppedBadSenderKey = "datagrams_dropped_bad_sender_key"
+    /// Datagrams dropped: our own key as sender.
+    case droppedFromSelf = "datagrams_dropped_from_self"
+    /// Datagrams dropped: timestamp outside the clock-skew window.
+    case droppedStale = "datagrams_dropped_stale"
+    /// Datagrams dropped: failed authentication (forged, corrupted, or another mesh key).
+    case droppedAuthFailed = "datagrams_dropped_auth_failed"
+    /// Datagrams dropped: replayed.
+    case droppedReplay = "datagrams_dropped_replay"
+    /// Datagrams dropped: the replay memory was full.
+    case droppedReplayMemoryFull = "datagrams_dropped_replay_memory_full"
+    /// Datagrams dropped: authenticated, but the body is not a known message.
+    case droppedMalformed = "datagrams_dropped_malformed"
+    /// Datagrams dropped: a reply that matched no outstanding request.
+    case droppedUnsolicited = "datagrams_dropped_unsolicited"
     /// Pings answered with a pong.
     case probesAnswered = "probes_answered"
     /// Pings sent.
@@ -25,10 +43,34 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case probeReplies = "probe_replies"
     /// Pings that got no pong in time.
     case probeTimeouts = "probe_timeouts"
-    /// TCP connections accepted.
-    case tcpAccepted = "tcp_accepted"
+    /// Info requests answered with our contact.
+    case infoAnswered = "info_answered"
+    /// Cookie challenges sent instead of a larger reply to an unproven address.
+    case cookieChallengesSent = "cookie_challenges_sent"
+    /// Secure channels established (either side).
+    case channelsEstablished = "channels_established"
+    /// Secure channel handshakes that failed (either side).
+    case channelHandshakesFailed = "channel_handshakes_failed"
     /// Control requests answered.
     case controlRequests = "control_requests"
+
+    /// The counter for a datagram dropped by the sealer.
+    static func dropped(_ reason: DatagramSealer.Drop) -> NodeCounter {
+        switch reason {
+        case .tooShort: .droppedTooShort
+        case .badVersion: .droppedBadVersion
+        case .badFlags: .droppedBadFlags
+        case .badSenderKey: .droppedBadSenderKey
+        case .fromSelf: .droppedFromSelf
+        case .stale: .droppedStale
+        case .authFailed: .droppedAuthFailed
+        case .replay: .droppedReplay
+        case .replayMemoryFull: .droppedReplayMemoryFull
+        }
+    }
+
+    /// True for the counters of dropped datagrams.
+    public var isDrop: Bool { rawValue.hasPrefix("datagrams_dropped_") }
 }
 
 /// Why a node could not start or an operation failed.
@@ -39,10 +81,12 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
     case controlPathTooLong(path: String, bytes: Int)
     /// Binding a socket failed.
     case bind(what: String, UVError)
-    /// No pong arrived in time.
-    case probeTimeout(SocketAddress)
-    /// The TCP banner was missing or malformed.
-    case badBanner(SocketAddress)
+    /// No answer arrived in time.
+    case timeout(SocketAddress)
+    /// The contact has no address for the transport needed.
+    case noAddress(Transport)
+    /// The peer's answer was not what was asked for.
+    case badAnswer(String)
     /// The node has stopped.
     case stopped
 
@@ -53,8 +97,9 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
         case .controlPathTooLong(let p, let n):
             return "control socket path \(p) is \(n) bytes; the limit is \(StreamEndpoint.maxUnixPathBytes): use a shorter --data-dir"
         case .bind(let what, let e): return "cannot bind \(what): \(e)"
-        case .probeTimeout(let a): return "no answer from \(a)"
-        case .badBanner(let a): return "\(a) did not send a GPUMesh banner"
+        case .timeout(let a): return "no answer from \(a) (down, unreachable, or in another mesh)"
+        case .noAddress(let t): return "the contact has no \(t.rawValue) address"
+        case .badAnswer(let why): return "bad answer: \(why)"
         case .stopped: return "the node has stopped"
         }
     }
@@ -72,6 +117,8 @@ public struct NodeStatus: Codable, Sendable, Equatable {
     public var udp: String
     /// The bound TCP address.
     public var tcp: String
+    /// `public`, or the private mesh key's fingerprint.
+    public var mesh: String
     /// The control socket path, if any.
     public var controlSocket: String?
     /// Seconds since the node started.
@@ -82,20 +129,21 @@ public struct NodeStatus: Codable, Sendable, Equatable {
     public var counters: [String: Int]
 
     enum CodingKeys: String, CodingKey {
-        case peerID = "peer_id", publicKey = "public_key", contact, udp, tcp
+        case peerID = "peer_id", publicKey = "public_key", contact, udp, tcp, mesh
         case controlSocket = "control_socket", uptimeSeconds = "uptime_s", version, counters
     }
 }
 
 /// The result of a probe.
 public struct ProbeResult: Sendable, Equatable {
-    /// The ID the answering peer claimed.
+    /// The peer that answered (proven by the sealed pong).
     public var peerID: PeerID
     /// Measured round-trip time.
     public var roundTrip: Duration
 }
 
-/// A GPUMesh peer running on an event loop: its UDP socket, TCP listener and control socket.
+/// A GPUMesh peer on an event loop: a UDP socket speaking sealed datagrams, a TCP listener
+/// accepting Noise channels, and a control socket.
 ///
 /// Loop-confined state; the `async` methods may be called from any thread. Many nodes can share
 /// one loop (that is how a demo or testnet fits in one process).
@@ -106,15 +154,23 @@ public final class MeshNode: @unchecked Sendable {
         public var identity: SigningKey
         /// Listen addresses and other settings.
         public var config: NodeConfig
+        /// The mesh to join (the public mesh by default).
+        public var meshKey: MeshKey
         /// Where to open the control socket; nil for none (embedded nodes).
         public var controlSocketPath: String?
+        /// Channel tunables.
+        public var channelSettings = SecureChannel.Settings()
+        /// Sealed-datagram tunables.
+        public var datagramSettings = DatagramSealer.Settings()
         /// The logger (the node adds its peer ID as metadata).
         public var logger: Logger
 
         /// Makes options.
-        public init(identity: SigningKey, config: NodeConfig, controlSocketPath: String? = nil, logger: Logger) {
+        public init(identity: SigningKey, config: NodeConfig, meshKey: MeshKey = .publicMesh,
+                    controlSocketPath: String? = nil, logger: Logger) {
             self.identity = identity
             self.config = config
+            self.meshKey = meshKey
             self.controlSocketPath = controlSocketPath
             self.logger = logger
         }
@@ -134,22 +190,48 @@ public final class MeshNode: @unchecked Sendable {
     public let tcpAddress: SocketAddress
     /// The control socket path, if one is open.
     public let controlSocketPath: String?
+    /// The mesh this node belongs to.
+    public let meshKey: MeshKey
+
+    /// Called on the loop for each channel a peer opens to this node, once both identities are
+    /// proven. Without a handler the channel is closed at once.
+    public var channelHandler: ((SecureChannel) -> Void)?
 
     private var logger: Logger
     private let startedAt = EventLoop.monotonicNanoseconds()
     private let udp: UDPSocket
     private let tcp: StreamListener
     private var control: ControlServer?
+    private let channelIdentity: ChannelIdentity
+    private let channelSettings: SecureChannel.Settings
+    private let sealer: DatagramSealer
+    private let cookies: AddressCookies
+    private var provenAddresses = LRUCache<SocketAddress, UInt64>(capacity: 4096)
+    private var loggedMeshMismatch = LRUCache<SocketAddress, Bool>(capacity: 256)
     private var counts = [Int](repeating: 0, count: NodeCounter.allCases.count)
     private let metrics: [Counter]
-    private var pendingProbes: [UInt64: PendingProbe] = [:]
+    private var pending: [UInt64: PendingRequest] = [:]
     private var stopped = false
 
-    private struct PendingProbe {
+    /// How long an address stays proven after it returned a valid cookie (ms).
+    static let proofLifetimeMilliseconds: UInt64 = 10 * 60_000
+
+    private struct PendingRequest {
+        enum Kind { case ping, info }
+        let kind: Kind
         let target: SocketAddress
+        let peer: PublicKey
         let sentAt: UInt64
         let timer: LoopTimer?
-        let completion: (Result<ProbeResult, NodeError>) -> Void
+        var cookieRetried = false
+        let completion: (Result<DatagramMessage, NodeError>) -> Void
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch (the sealed-datagram timestamp clock).
+    static func wallClockMilliseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
     /// Starts a node on `loop`: binds UDP and TCP, opens the control socket, starts serving.
@@ -177,11 +259,17 @@ public final class MeshNode: @unchecked Sendable {
         loop.preconditionInLoop()
         self.loop = loop
         identity = options.identity
+        meshKey = options.meshKey
         let id = PeerID(publicKey: options.identity.publicKey)
         peerID = id
         logger = options.logger
         logger[metadataKey: "peer"] = "\(id.short)"
         metrics = NodeCounter.allCases.map { Counter(label: "gpumesh_\($0.rawValue)_total", dimensions: [("peer", id.short)]) }
+        channelIdentity = ChannelIdentity(options.identity)
+        channelSettings = options.channelSettings
+        sealer = DatagramSealer(identity: options.identity, meshKey: options.meshKey, settings: options.datagramSettings,
+                                now: Self.wallClockMilliseconds, random: SecureRandom.bytes)
+        cookies = AddressCookies(secret: SecureRandom.secret(32), now: Self.wallClockMilliseconds)
 
         do { udp = try UDPSocket.bind(on: loop, to: options.config.udpListen) }
         catch { throw NodeError.bind(what: "UDP \(options.config.udpListen)", error) }
@@ -218,7 +306,8 @@ public final class MeshNode: @unchecked Sendable {
         }
         controlSocketPath = options.controlSocketPath
         try startServing()
-        logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)"])
+        logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)",
+                                               "mesh": "\(meshKey.isPublicMesh ? "public" : meshKey.fingerprint)"])
     }
 
     private func startServing() throws {
@@ -228,11 +317,11 @@ public final class MeshNode: @unchecked Sendable {
             reply(Result { try self.statusJSON() }.mapError { .serverError("\($0)") })
         }
         control?.register("node.ping") { [unowned self] params, reply in
-            guard let text = params?["address"]?.stringValue, let address = try? SocketAddress(parsing: text) else {
-                reply(.failure(.invalidParams("expected {\"address\": \"HOST:PORT\"}")))
+            guard let text = params?["contact"]?.stringValue, let contact = try? Contact(parsing: text) else {
+                reply(.failure(.invalidParams("expected {\"contact\": \"gpm1:...\"}")))
                 return
             }
-            self.probe(address, timeout: .seconds(2)) { result in
+            self.probe(contact, timeout: .seconds(2)) { result in
                 switch result {
                 case .success(let r):
                     reply(.success(.object(["peer_id": .string(r.peerID.hex), "rtt_ms": .double(r.roundTrip.milliseconds)])))
@@ -259,93 +348,163 @@ public final class MeshNode: @unchecked Sendable {
         return out
     }
 
-    // MARK: UDP
+    // MARK: Datagrams
 
     private func received(_ bytes: UnsafeRawBufferPointer, from: SocketAddress) {
         bump(.datagramsIn)
-        guard let probe = ProbeMessage(decoding: bytes) else {
-            bump(.datagramsDroppedMalformed)
-            logger.trace("dropped malformed datagram", metadata: ["from": "\(from)", "bytes": "\(bytes.count)"])
+        let opened: DatagramSealer.Opened
+        switch sealer.open(bytes) {
+        case .failure(let reason):
+            bump(.dropped(reason))
+            if reason == .authFailed && loggedMeshMismatch.value(for: from) == nil {
+                loggedMeshMismatch.insert(true, for: from)
+                logger.debug("dropping datagrams that fail authentication (another mesh key?)", metadata: ["from": "\(from)"])
+            }
+            return
+        case .success(let o):
+            opened = o
+        }
+        guard let message = DatagramMessage(decoding: opened.body) else {
+            bump(.droppedMalformed)
             return
         }
-        switch probe.kind {
-        case .ping:
+        switch message {
+        case .ping(let nonce):
             // Same size as the ping: answering an unproven address amplifies nothing.
-            send(ProbeMessage(kind: .pong, nonce: probe.nonce, sender: peerID).encoded(), to: from)
+            send(.pong(nonce: nonce), to: opened.sender, at: from)
             bump(.probesAnswered)
-        case .pong:
-            guard let pending = pendingProbes[probe.nonce], pending.target == from else {
-                bump(.datagramsDroppedUnsolicited)
+        case .infoRequest(let nonce):
+            if let cookie = opened.cookie, cookies.verify(cookie, from: from) {
+                provenAddresses.insert(Self.wallClockMilliseconds() + Self.proofLifetimeMilliseconds, for: from)
+            }
+            if isProven(from) {
+                send(.infoReply(nonce: nonce, contact: contact.description), to: opened.sender, at: from)
+                bump(.infoAnswered)
+            } else {
+                // The reply would be larger than the request: ask the sender to prove its address first.
+                send(.cookieChallenge(nonce: nonce, cookie: cookies.make(for: from)), to: opened.sender, at: from)
+                bump(.cookieChallengesSent)
+            }
+        case .pong(let nonce), .infoReply(let nonce, _):
+            guard let request = pending[nonce], request.target == from, request.peer == opened.sender,
+                  (request.kind == .ping) == (message.kind == .pong) else {
+                bump(.droppedUnsolicited)
                 return
             }
-            pendingProbes[probe.nonce] = nil
-            pending.timer?.cancel()
-            bump(.probeReplies)
-            let rtt = EventLoop.monotonicNanoseconds() - pending.sentAt
-            pending.completion(.success(ProbeResult(peerID: probe.sender, roundTrip: .nanoseconds(Int64(rtt)))))
+            pending[nonce] = nil
+            request.timer?.cancel()
+            request.completion(.success(message))
+        case .cookieChallenge(let nonce, let cookie):
+            guard var request = pending[nonce], request.kind == .info, request.target == from, request.peer == opened.sender,
+                  !request.cookieRetried else {
+                bump(.droppedUnsolicited)
+                return
+            }
+            request.cookieRetried = true
+            pending[nonce] = request
+            send(.infoRequest(nonce: nonce), to: request.peer, at: from, cookie: cookie)
         }
     }
 
-    private func send(_ bytes: [UInt8], to address: SocketAddress) {
-        if udp.send(bytes, to: address) { bump(.datagramsOut) } else { bump(.datagramsSendFailed) }
+    private func isProven(_ address: SocketAddress) -> Bool {
+        guard let until = provenAddresses.peek(address) else { return false }
+        return until > Self.wallClockMilliseconds()
     }
 
-    /// Sends a probe to `address` and calls `completion` with the pong or the failure (loop thread).
-    public func probe(_ address: SocketAddress, timeout: Duration = .seconds(2),
-                      _ completion: @escaping (Result<ProbeResult, NodeError>) -> Void) {
+    private func send(_ message: DatagramMessage, to peer: PublicKey, at address: SocketAddress, cookie: [UInt8]? = nil) {
+        guard let datagram = sealer.seal(message.encoded(), to: peer, cookie: cookie), udp.send(datagram, to: address) else {
+            bump(.datagramsSendFailed)
+            return
+        }
+        bump(.datagramsOut)
+    }
+
+    private func request(_ kind: PendingRequest.Kind, _ contact: Contact, timeout: Duration,
+                         _ completion: @escaping (Result<DatagramMessage, NodeError>) -> Void) {
         loop.preconditionInLoop()
         guard !stopped else { completion(.failure(.stopped)); return }
+        guard let address = contact.address(for: .udp) else { completion(.failure(.noAddress(.udp))); return }
         var nonce = SecureRandom.uint64()
-        while pendingProbes[nonce] != nil { nonce = SecureRandom.uint64() }
+        while pending[nonce] != nil { nonce = SecureRandom.uint64() }
         let timer = try? loop.schedule(after: timeout) { [self] in
-            guard let pending = pendingProbes.removeValue(forKey: nonce) else { return }
-            bump(.probeTimeouts)
-            pending.completion(.failure(.probeTimeout(address)))
+            guard let request = pending.removeValue(forKey: nonce) else { return }
+            if request.kind == .ping { bump(.probeTimeouts) }
+            request.completion(.failure(.timeout(address)))
         }
-        pendingProbes[nonce] = PendingProbe(target: address, sentAt: EventLoop.monotonicNanoseconds(), timer: timer, completion: completion)
-        bump(.probesSent)
-        send(ProbeMessage(kind: .ping, nonce: nonce, sender: peerID).encoded(), to: address)
+        pending[nonce] = PendingRequest(kind: kind, target: address, peer: contact.publicKey, sentAt: EventLoop.monotonicNanoseconds(),
+                                        timer: timer, completion: completion)
+        send(kind == .ping ? .ping(nonce: nonce) : .infoRequest(nonce: nonce), to: contact.publicKey, at: address)
     }
 
-    /// Sends a probe to `address` and waits for the pong (from any thread).
-    public func ping(_ address: SocketAddress, timeout: Duration = .seconds(2)) async throws -> ProbeResult {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ProbeResult, Error>) in
-            let accepted = loop.execute { [self] in
-                probe(address, timeout: timeout) { continuation.resume(with: $0.mapError { $0 }) }
+    /// Sends a sealed ping to `contact` and calls `completion` with the pong or the failure (loop thread).
+    public func probe(_ contact: Contact, timeout: Duration = .seconds(2),
+                      _ completion: @escaping (Result<ProbeResult, NodeError>) -> Void) {
+        let sentAt = EventLoop.monotonicNanoseconds()
+        bump(.probesSent)
+        request(.ping, contact, timeout: timeout) { [self] result in
+            completion(result.map { _ in
+                bump(.probeReplies)
+                return ProbeResult(peerID: contact.peerID, roundTrip: .nanoseconds(Int64(EventLoop.monotonicNanoseconds() - sentAt)))
+            })
+        }
+    }
+
+    /// Pings `contact` and waits for its sealed pong (from any thread).
+    public func ping(_ contact: Contact, timeout: Duration = .seconds(2)) async throws -> ProbeResult {
+        try await onLoop { node, done in node.probe(contact, timeout: timeout, done) }
+    }
+
+    /// Asks `contact` for its current contact string, proving our address with a cookie if asked
+    /// (from any thread).
+    public func requestInfo(_ contact: Contact, timeout: Duration = .seconds(2)) async throws -> Contact {
+        try await onLoop { node, done in
+            node.request(.info, contact, timeout: timeout) { result in
+                done(result.flatMap { message in
+                    guard case .infoReply(_, let text) = message, let c = try? Contact(parsing: text) else {
+                        return .failure(.badAnswer("info reply is not a contact"))
+                    }
+                    guard c.publicKey == contact.publicKey else { return .failure(.badAnswer("contact names another key")) }
+                    return .success(c)
+                })
             }
+        }
+    }
+
+    /// Runs a loop-side operation from any thread and waits for its completion.
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (MeshNode, @escaping (Result<T, NodeError>) -> Void) -> Void) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
+            let accepted = loop.execute { [self] in body(self) { continuation.resume(with: $0.mapError { $0 }) } }
             if !accepted { continuation.resume(throwing: NodeError.stopped) }
         }
     }
 
-    // MARK: TCP
+    // MARK: Channels
 
     private func accepted(_ connection: StreamConnection) {
-        bump(.tcpAccepted)
-        // Wire version 0: announce our ID and close. Noise channels replace this.
-        connection.write(TCPBanner.encode(peerID))
-        connection.closeGracefully()
+        SecureChannel.accept(connection, identity: channelIdentity, meshKey: meshKey, settings: channelSettings) { [self] result in
+            switch result {
+            case .success(let channel):
+                bump(.channelsEstablished)
+                logger.debug("channel accepted", metadata: ["remote": "\(channel.remotePeerID!.short)"])
+                if let channelHandler { channelHandler(channel) } else { channel.close() }
+            case .failure(let failure):
+                bump(.channelHandshakesFailed)
+                logger.debug("channel handshake failed", metadata: ["reason": "\(failure)"])
+            }
+        }
     }
 
-    /// Connects to a node's TCP address and returns the peer ID its banner claims (from any thread).
-    public func tcpHello(_ address: SocketAddress, timeout: Duration = .seconds(5)) async throws -> PeerID {
-        let connection = try await StreamConnection.connect(on: loop, to: .tcp(address), timeout: timeout)
-        let (stream, continuation) = AsyncStream.makeStream(of: [UInt8].self)
-        try await loop.submit {
-            var received: [UInt8] = []
-            connection.startReading { event in
-                if case .data(let bytes) = event {
-                    received.append(contentsOf: bytes.prefix(TCPBanner.size - received.count))
-                    if received.count == TCPBanner.size { continuation.yield(received); connection.close() }
-                }
-            }
-            let timer = try? self.loop.schedule(after: timeout) { connection.close() }
-            connection.onClose { _ in timer?.cancel(); continuation.finish() }
+    /// Opens a secure channel to `contact`; both identities are proven before it returns.
+    public func openChannel(to contact: Contact) async throws -> SecureChannel {
+        do {
+            let channel = try await SecureChannel.connect(on: loop, to: contact, identity: channelIdentity, meshKey: meshKey,
+                                                          settings: channelSettings)
+            loop.execute { [self] in bump(.channelsEstablished) }
+            return channel
+        } catch {
+            loop.execute { [self] in bump(.channelHandshakesFailed) }
+            throw error
         }
-        for await banner in stream {
-            if let id = TCPBanner.decode(banner) { return id }
-            break
-        }
-        throw NodeError.badBanner(address)
     }
 
     // MARK: Status and lifecycle
@@ -360,7 +519,8 @@ public final class MeshNode: @unchecked Sendable {
         var values: [String: Int] = [:]
         for (counter, value) in counters { values[counter.rawValue] = value }
         return NodeStatus(peerID: peerID.hex, publicKey: Hex.encode(identity.publicKey.bytes), contact: contact.description,
-                          udp: udpAddress.description, tcp: tcpAddress.description, controlSocket: controlSocketPath,
+                          udp: udpAddress.description, tcp: tcpAddress.description,
+                          mesh: meshKey.isPublicMesh ? "public" : meshKey.fingerprint, controlSocket: controlSocketPath,
                           uptimeSeconds: (uptime * 1000).rounded() / 1000, version: GPUMeshVersion.current, counters: values)
     }
 
@@ -369,7 +529,7 @@ public final class MeshNode: @unchecked Sendable {
         return try JSONDecoder().decode(JSONValue.self, from: data)
     }
 
-    /// Stops the node: closes its sockets, removes the control socket, fails outstanding probes.
+    /// Stops the node: closes its sockets, removes the control socket, fails outstanding requests.
     public func stop() async {
         _ = try? await loop.submit { self.stopOnLoop() }
     }
@@ -381,13 +541,12 @@ public final class MeshNode: @unchecked Sendable {
         control = nil
         udp.close()
         tcp.close()
-        let pending = pendingProbes
-        pendingProbes = [:]
-        for p in pending.values {
+        let waiting = pending
+        pending = [:]
+        for p in waiting.values {
             p.timer?.cancel()
             p.completion(.failure(.stopped))
         }
         logger.info("node stopped")
     }
 }
-

@@ -1,6 +1,25 @@
 import MeshCore
 import MeshCrypto
 
+/// What a peer needs to run channel handshakes, computed once per identity: the Ed25519 key,
+/// its X25519 form (the Noise static key) and the identity proof (key and signature over the
+/// static key), which is the same for every handshake.
+public struct ChannelIdentity: Sendable {
+    /// The Ed25519 identity.
+    public let signingKey: SigningKey
+    /// The Noise static key: the identity's X25519 form.
+    public let staticKey: X25519KeyPair
+    /// The handshake payload proving the identity: public key (32) and signature (64).
+    public let proof: [UInt8]
+
+    /// Derives the static key and signs it.
+    public init(_ signingKey: SigningKey) {
+        self.signingKey = signingKey
+        staticKey = X25519KeyPair(converting: signingKey)
+        proof = signingKey.publicKey.bytes + signingKey.signature(for: SecureChannel.identityContext + staticKey.publicKey)
+    }
+}
+
 /// An authenticated, encrypted channel over a stream: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b`
 /// with the mesh key as the pre-shared key, each side's Ed25519 identity bound to its Noise
 /// static key by a signature in the handshake payload. Loop-confined, except the `async`
@@ -18,8 +37,8 @@ public final class SecureChannel: @unchecked Sendable {
     public static let prologue = Array("GPUMesh channel v1".utf8)
     /// Domain separation for the identity signature over the Noise static key.
     public static let identityContext = Array("gpumesh/noise-identity/v1".utf8)
-    /// The largest plaintext in one transport frame (65,535 less the tag and the type byte).
-    public static let maxFragment = Noise.maxMessageLength - AEAD.tagByteCount - 1
+    /// The largest plaintext in one transport frame (65,535 less the type byte and the tag).
+    public static let maxFragment = Noise.maxMessageLength - 1 - AEAD.tagByteCount
 
     /// Tunables.
     public struct Settings: Sendable {
@@ -96,7 +115,7 @@ public final class SecureChannel: @unchecked Sendable {
     /// Why the channel closed, once it has.
     public private(set) var failure: Failure?
 
-    private let identity: SigningKey
+    private let identity: ChannelIdentity
     private let settings: Settings
     private let expectedPeer: PeerID?
     private var handshake: Noise.HandshakeState?
@@ -104,8 +123,8 @@ public final class SecureChannel: @unchecked Sendable {
     private var inbound: [UInt8] = []
     private var inboundStart = 0
     private var partial: [UInt8] = []
-    private var scratch: [UInt8] = []
     private var onMessage: (([UInt8]) -> Void)?
+    private var onWritable: (() -> Void)?
     private var pendingMessages: [[UInt8]] = []
     private var closeHandlers: [(Failure?) -> Void] = []
     private var completion: ((Result<SecureChannel, Failure>) -> Void)?
@@ -113,7 +132,7 @@ public final class SecureChannel: @unchecked Sendable {
     private var blockedSenders: [(message: [UInt8], continuation: CheckedContinuation<Void, Error>)] = []
     private var finished = false
 
-    private init(connection: StreamConnection, identity: SigningKey, meshKey: MeshKey, role: Noise.Role,
+    private init(connection: StreamConnection, identity: ChannelIdentity, meshKey: MeshKey, role: Noise.Role,
                  expectedPeer: PeerID?, settings: Settings) throws(Noise.Failure) {
         loop = connection.loop
         self.connection = connection
@@ -121,13 +140,13 @@ public final class SecureChannel: @unchecked Sendable {
         self.settings = settings
         self.expectedPeer = expectedPeer
         handshake = try Noise.HandshakeState(protocolName: Self.protocolName, role: role, prologue: Self.prologue,
-                                             localStatic: X25519KeyPair(converting: identity), presharedKeys: [meshKey.secret])
+                                             localStatic: identity.staticKey, presharedKeys: [meshKey.secret])
     }
 
     // MARK: Establishing
 
     /// Opens a channel to `contact` and proves both identities (loop thread); `completion` runs on the loop.
-    public static func connect(on loop: EventLoop, to contact: Contact, identity: SigningKey, meshKey: MeshKey,
+    public static func connect(on loop: EventLoop, to contact: Contact, identity: ChannelIdentity, meshKey: MeshKey,
                                settings: Settings = Settings(), _ completion: @escaping (Result<SecureChannel, Failure>) -> Void) {
         loop.preconditionInLoop()
         guard let address = contact.address(for: .tcp) else {
@@ -152,7 +171,7 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     /// Opens a channel from any thread.
-    public static func connect(on loop: EventLoop, to contact: Contact, identity: SigningKey, meshKey: MeshKey,
+    public static func connect(on loop: EventLoop, to contact: Contact, identity: ChannelIdentity, meshKey: MeshKey,
                                settings: Settings = Settings()) async throws -> SecureChannel {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SecureChannel, Error>) in
             let accepted = loop.execute {
@@ -165,7 +184,7 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     /// Runs the responder's side of the handshake on an accepted connection (loop thread).
-    public static func accept(_ connection: StreamConnection, identity: SigningKey, meshKey: MeshKey,
+    public static func accept(_ connection: StreamConnection, identity: ChannelIdentity, meshKey: MeshKey,
                               settings: Settings = Settings(), _ completion: @escaping (Result<SecureChannel, Failure>) -> Void) {
         connection.loop.preconditionInLoop()
         do {
@@ -192,11 +211,6 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     // MARK: Handshake
-
-    /// This side's identity proof: its Ed25519 key and a signature over its Noise static key.
-    private func identityProof() -> [UInt8] {
-        identity.publicKey.bytes + identity.signature(for: Self.identityContext + X25519KeyPair(converting: identity).publicKey)
-    }
 
     private func sendHandshakeMessage(payload: [UInt8]) {
         guard let handshake else { return }
@@ -227,7 +241,7 @@ public final class SecureChannel: @unchecked Sendable {
             handshakeFinished()
         } else if handshake.isMyTurn {
             // The responder's message 2 and the initiator's message 3 both carry a proof.
-            sendHandshakeMessage(payload: identityProof())
+            sendHandshakeMessage(payload: identity.proof)
         }
     }
 
@@ -273,57 +287,78 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     private func received(_ bytes: UnsafeRawBufferPointer) {
-        inbound.append(contentsOf: bytes)
-        while !finished {
-            let available = inbound.count - inboundStart
-            guard available >= 2 else { break }
-            let length = Int(inbound[inboundStart]) << 8 | Int(inbound[inboundStart + 1])
-            guard length > 0 else { fail(.protocolViolation("empty frame")); return }
-            guard available >= 2 + length else { break }
-            let start = inboundStart + 2
-            inboundStart += 2 + length
-            if transport != nil {
-                receivedTransportFrame(start..<start + length)
-            } else {
-                receivedHandshakeMessage(Array(inbound[start..<start + length]))
+        if inbound.count == inboundStart {
+            // Nothing pending: open whole frames straight from the read buffer, keep the tail.
+            let used = consumeFrames(bytes)
+            if !finished && used < bytes.count {
+                inbound.removeAll(keepingCapacity: true)
+                inboundStart = 0
+                inbound.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[used...]))
             }
+            return
         }
+        inbound.append(contentsOf: bytes)
+        let used = inbound.withUnsafeBytes { consumeFrames(UnsafeRawBufferPointer(rebasing: $0[inboundStart...])) }
+        inboundStart += used
         if inboundStart > 0 && (inboundStart == inbound.count || inboundStart > 1 << 16) {
             inbound.removeFirst(inboundStart)
             inboundStart = 0
         }
     }
 
-    private func receivedTransportFrame(_ range: Range<Int>) {
+    /// Handles every complete frame at the start of `bytes`; returns how many bytes they used.
+    private func consumeFrames(_ bytes: UnsafeRawBufferPointer) -> Int {
+        var offset = 0
+        while !finished {
+            let available = bytes.count - offset
+            guard available >= 2 else { break }
+            let length = Int(bytes[offset]) << 8 | Int(bytes[offset + 1])
+            guard length > 0 else { fail(.protocolViolation("empty frame")); break }
+            guard available >= 2 + length else { break }
+            let frame = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + 2 + length])
+            offset += 2 + length
+            if transport != nil {
+                receivedTransportFrame(frame)
+            } else {
+                receivedHandshakeMessage(Array(frame[2...]))
+            }
+        }
+        return offset
+    }
+
+    /// A transport frame: length (2) | type (1) | ciphertext; the first three bytes are the
+    /// associated data, so length and type are authenticated without being encrypted.
+    private func receivedTransportFrame(_ frame: UnsafeRawBufferPointer) {
         guard let transport else { return }
-        scratch.removeAll(keepingCapacity: true)
+        guard frame.count >= 3 + AEAD.tagByteCount, let type = FrameType(rawValue: frame[2]) else {
+            fail(.protocolViolation("malformed transport frame"))
+            return
+        }
+        let before = partial.count
+        guard before + frame.count - 3 - AEAD.tagByteCount <= settings.maxMessageBytes else {
+            fail(.messageTooLarge(before + frame.count - 3 - AEAD.tagByteCount))
+            return
+        }
         do {
-            try inbound.withUnsafeBytes { try transport.receive.decrypt(UnsafeRawBufferPointer(rebasing: $0[range]), appendingTo: &scratch) }
+            try transport.receive.decrypt(UnsafeRawBufferPointer(rebasing: frame[3...]),
+                                          ad: UnsafeRawBufferPointer(rebasing: frame[0..<3]), appendingTo: &partial)
         } catch {
             fail(.frameAuthenticationFailed)
             return
         }
         framesReceived += 1
         if framesReceived % settings.rekeyInterval == 0 { transport.receive.rekey() }
-        guard let type = scratch.first.flatMap(FrameType.init(rawValue:)) else {
-            fail(.protocolViolation("unknown frame type"))
-            return
-        }
         switch type {
         case .close:
+            guard partial.count == before else { fail(.protocolViolation("close frame with data")); return }
             finish(nil)
             connection.closeGracefully()
-        case .fragment, .final:
-            guard partial.count + scratch.count - 1 <= settings.maxMessageBytes else {
-                fail(.messageTooLarge(partial.count + scratch.count - 1))
-                return
-            }
-            partial.append(contentsOf: scratch[1...])
-            if type == .final {
-                let message = partial
-                partial = []
-                if let onMessage { onMessage(message) } else { pendingMessages.append(message) }
-            }
+        case .fragment:
+            break
+        case .final:
+            let message = partial
+            partial = []
+            if let onMessage { onMessage(message) } else { pendingMessages.append(message) }
         }
     }
 
@@ -336,31 +371,29 @@ public final class SecureChannel: @unchecked Sendable {
         loop.preconditionInLoop()
         guard let transport, !finished else { return false }
         guard message.count <= settings.maxMessageBytes else { fail(.messageTooLarge(message.count)); return false }
-        var offset = 0
-        repeat {
-            let n = min(Self.maxFragment, message.count - offset)
-            let last = offset + n == message.count
-            scratch.removeAll(keepingCapacity: true)
-            scratch.append(last ? FrameType.final.rawValue : FrameType.fragment.rawValue)
-            scratch.append(contentsOf: message[offset..<offset + n])
-            guard sealFrame(transport) else { return false }
-            offset += n
-        } while offset < message.count
-        return true
+        return message.withUnsafeBytes { bytes in
+            var offset = 0
+            repeat {
+                let n = min(Self.maxFragment, bytes.count - offset)
+                let type: FrameType = offset + n == bytes.count ? .final : .fragment
+                guard sealFrame(type, UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n]), transport) else { return false }
+                offset += n
+            } while offset < bytes.count
+            return true
+        }
     }
 
-    /// Encrypts `scratch` as one frame and writes it.
-    private func sealFrame(_ transport: Noise.Transport) -> Bool {
-        var frame: [UInt8] = [0, 0]
-        frame.reserveCapacity(2 + scratch.count + AEAD.tagByteCount)
-        let sealed = scratch.withUnsafeBytes { (try? transport.send.encrypt($0, appendingTo: &frame)) != nil }
+    /// Seals one frame straight from `data` and writes it.
+    private func sealFrame(_ type: FrameType, _ data: UnsafeRawBufferPointer, _ transport: Noise.Transport) -> Bool {
+        let length = 1 + data.count + AEAD.tagByteCount
+        var frame: [UInt8] = [UInt8(length >> 8), UInt8(length & 0xff), type.rawValue]
+        frame.reserveCapacity(2 + length)
+        let header = [frame[0], frame[1], frame[2]]
+        let sealed = header.withUnsafeBytes { ad in (try? transport.send.encrypt(data, ad: ad, appendingTo: &frame)) != nil }
         guard sealed else {
             fail(.noise(.nonceExhausted))  // the only way a keyed transport encryption fails
             return false
         }
-        let length = frame.count - 2
-        frame[0] = UInt8(length >> 8)
-        frame[1] = UInt8(length & 0xff)
         connection.write(frame)
         framesSent += 1
         if framesSent % settings.rekeyInterval == 0 { transport.send.rekey() }
@@ -391,6 +424,18 @@ public final class SecureChannel: @unchecked Sendable {
             if send(next.message) { next.continuation.resume() } else { next.continuation.resume(throwing: failure ?? .closed(nil)) }
         }
         blockedSenders.removeFirst(i)
+        if blockedSenders.isEmpty, isWritable { onWritable?() }
+    }
+
+    /// True while the channel is established and its write queue is below the high-water mark:
+    /// loop-side senders send while this holds and resume from `setWritableHandler`.
+    public var isWritable: Bool { transport != nil && !finished && blockedSenders.isEmpty && connection.isWritable }
+
+    /// Calls `handler` on the loop whenever the write queue drains below the low-water mark,
+    /// so a sender on the loop can continue without any thread hop (loop thread).
+    public func setWritableHandler(_ handler: @escaping () -> Void) {
+        loop.preconditionInLoop()
+        onWritable = handler
     }
 
     // MARK: Receiving
@@ -429,10 +474,7 @@ public final class SecureChannel: @unchecked Sendable {
     public func close() {
         loop.preconditionInLoop()
         guard !finished else { return }
-        if let transport {
-            scratch = [FrameType.close.rawValue]
-            _ = sealFrame(transport)
-        }
+        if let transport { _ = sealFrame(.close, UnsafeRawBufferPointer(start: nil, count: 0), transport) }
         finish(nil)
         connection.closeGracefully()
     }
@@ -471,5 +513,6 @@ public final class SecureChannel: @unchecked Sendable {
         closeHandlers = []
         for h in handlers { h(error) }
         onMessage = nil
+        onWritable = nil
     }
 }

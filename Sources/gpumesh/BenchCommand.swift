@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MeshCore
+import MeshCrypto
 import MeshRuntime
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +13,7 @@ extension GPUMesh {
         static let configuration = CommandConfiguration(
             abstract: "Measure the mesh's building blocks (run from a release build).",
             discussion: "Build first: swift build -c release --product gpumesh. Figures go in Docs/BENCHMARKS.md.",
-            subcommands: [LoopBench.self])
+            subcommands: [LoopBench.self, TransportBench.self])
     }
 
     /// `gpumesh bench loop`: the event loop, UDP and TCP on loopback.
@@ -191,4 +192,203 @@ extension GPUMesh {
 /// A counter touched only on one loop thread (the benchmark's confinement, not a lock).
 final class LoopCounter: @unchecked Sendable {
     var value = 0
+}
+
+extension GPUMesh {
+    /// `gpumesh bench transport`: secure channels and sealed datagrams against their primitives.
+    struct TransportBench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "transport",
+            abstract: "Channel throughput vs raw AEAD, handshakes vs their primitives, datagram sealing.")
+
+        @Option(help: "Seconds per measurement.") var seconds = 2.0
+        @Flag(help: "Print one JSON object.") var json = false
+
+        func validate() throws {
+            guard seconds > 0 && seconds <= 60 else { throw ValidationError("--seconds must be in (0, 60]") }
+        }
+
+        func run() async throws {
+            bootstrapLogging("error")
+            let raw = rawAEAD()
+            let channel = try await channelThroughput()
+            let primitives = handshakePrimitiveMicroseconds()
+            let handshakes = try await handshakeRate()
+            let handshakeMicroseconds = 1e6 / handshakes
+            let datagrams = sealOpenRate()
+            var result: [String: JSONValue] = [
+                "channel_mb_per_s": .double(round1(channel)),
+                "raw_aead_mb_per_s": .double(round1(raw)),
+                "channel_to_raw_ratio": .double((channel / raw * 1000).rounded() / 1000),
+                "handshakes_per_s": .int(Int(handshakes)),
+                "handshake_us": .double(round1(handshakeMicroseconds)),
+                "handshake_primitives_us": .double(round1(primitives)),
+                "handshake_to_primitives_ratio": .double((handshakeMicroseconds / primitives * 1000).rounded() / 1000),
+                "datagram_seal_open_per_s": .int(Int(datagrams)),
+                "message_bytes": .int(64 << 10),
+                "seconds_per_measure": .double(seconds),
+                "cpu_cores": .int(ProcessInfo.processInfo.activeProcessorCount),
+            ]
+            #if DEBUG
+            result["build"] = .string("debug")
+            #else
+            result["build"] = .string("release")
+            #endif
+            if json {
+                try printJSON(result)
+            } else {
+                print(String(format: "channel (one, loopback TCP, 64 KiB messages)  %.1f MB/s", channel))
+                print(String(format: "raw ChaCha20-Poly1305 (same run, in-process)  %.1f MB/s  (channel/raw %.2f)", raw, channel / raw))
+                print(String(format: "handshakes (XXpsk0, sequential, both sides)   %.0f/s = %.1f us", handshakes, handshakeMicroseconds))
+                print(String(format: "  their primitive operations                  %.1f us  (ratio %.2f)", primitives, handshakeMicroseconds / primitives))
+                print(String(format: "datagram seal + open                          %.0f/s", datagrams))
+            }
+        }
+
+        private func round1(_ x: Double) -> Double { (x * 10).rounded() / 10 }
+
+        private func timed(_ body: () -> Int) -> Double {
+            let start = EventLoop.monotonicNanoseconds()
+            let n = body()
+            return Double(n) / (Double(EventLoop.monotonicNanoseconds() - start) / 1e9)
+        }
+
+        /// ChaCha20-Poly1305 (IETF) over 64 KiB buffers, one thread: the channel's cipher, unframed.
+        private func rawAEAD() -> Double {
+            let key = SecureRandom.secret(32)
+            let plaintext = [UInt8](repeating: 0x42, count: 64 << 10)
+            let nonce = [UInt8](repeating: 0, count: 12)
+            var out: [UInt8] = []
+            out.reserveCapacity(plaintext.count + 16)
+            let deadline = EventLoop.monotonicNanoseconds() + UInt64(seconds * 1e9)
+            let perSecond = timed {
+                var n = 0
+                while EventLoop.monotonicNanoseconds() < deadline {
+                    out.removeAll(keepingCapacity: true)
+                    plaintext.withUnsafeBytes { p in nonce.withUnsafeBytes { AEAD.chaChaPoly.seal(p, ad: UnsafeRawBufferPointer(start: nil, count: 0), nonce: $0, key: key, appendingTo: &out) } }
+                    n += 1
+                }
+                return n
+            }
+            return perSecond * Double(plaintext.count) / 1e6
+        }
+
+        /// One channel between two loops over loopback TCP; the sender waits on backpressure.
+        private func channelThroughput() async throws -> Double {
+            let server = try EventLoop(name: "bench-server")
+            defer { server.shutdown() }
+            let client = try EventLoop(name: "bench-client")
+            defer { client.shutdown() }
+            let serverIdentity = ChannelIdentity(SigningKey())
+            let received = LoopCounter()
+            let address = try await server.submit { () -> SocketAddress in
+                let l = try StreamListener.listen(on: server, at: .tcp(SocketAddress(ip: .loopbackV4, port: 0))) { c in
+                    SecureChannel.accept(c, identity: serverIdentity, meshKey: .publicMesh) { result in
+                        if case .success(let ch) = result { ch.setMessageHandler { received.value += $0.count } }
+                    }
+                }
+                guard case .tcp(let a) = l.endpoint else { fatalError("TCP listener without TCP endpoint") }
+                return a
+            }
+            let contact = try Contact(publicKey: serverIdentity.signingKey.publicKey, addresses: [TransportAddress(.tcp, address)])
+            let channel = try await SecureChannel.connect(on: client, to: contact, identity: ChannelIdentity(SigningKey()), meshKey: .publicMesh)
+            // The sender runs on the client loop, as a node's transfers do: it sends while the
+            // channel is writable and resumes when the write queue drains, with no thread hop.
+            let message = [UInt8](repeating: 0x5a, count: 64 << 10)
+            let duration = seconds
+            let (start, sent): (UInt64, Int) = try await withCheckedThrowingContinuation { continuation in
+                client.execute {
+                    let start = EventLoop.monotonicNanoseconds()
+                    let deadline = start + UInt64(duration * 1e9)
+                    var sent = 0
+                    var done = false
+                    func pump() {
+                        while !done && channel.isWritable {
+                            if EventLoop.monotonicNanoseconds() >= deadline {
+                                done = true
+                                continuation.resume(returning: (start, sent))
+                                return
+                            }
+                            channel.send(message)
+                            sent += message.count
+                        }
+                    }
+                    channel.setWritableHandler(pump)
+                    pump()
+                }
+            }
+            while try await server.submit({ received.value }) < sent { try await Task.sleep(for: .milliseconds(1)) }
+            let elapsed = Double(EventLoop.monotonicNanoseconds() - start) / 1e9
+            try await client.submit { channel.close() }
+            return Double(sent) / elapsed / 1e6
+        }
+
+        /// Full handshakes, one after another: TCP connect, three Noise messages, both identities checked.
+        private func handshakeRate() async throws -> Double {
+            let server = try EventLoop(name: "bench-server")
+            defer { server.shutdown() }
+            let client = try EventLoop(name: "bench-client")
+            defer { client.shutdown() }
+            let serverIdentity = ChannelIdentity(SigningKey())
+            let clientIdentity = ChannelIdentity(SigningKey())
+            let address = try await server.submit { () -> SocketAddress in
+                let l = try StreamListener.listen(on: server, at: .tcp(SocketAddress(ip: .loopbackV4, port: 0))) { c in
+                    SecureChannel.accept(c, identity: serverIdentity, meshKey: .publicMesh) { _ in }
+                }
+                guard case .tcp(let a) = l.endpoint else { fatalError("TCP listener without TCP endpoint") }
+                return a
+            }
+            let contact = try Contact(publicKey: serverIdentity.signingKey.publicKey, addresses: [TransportAddress(.tcp, address)])
+            let start = EventLoop.monotonicNanoseconds()
+            let deadline = start + UInt64(seconds * 1e9)
+            var count = 0
+            while EventLoop.monotonicNanoseconds() < deadline {
+                let channel = try await SecureChannel.connect(on: client, to: contact, identity: clientIdentity, meshKey: .publicMesh)
+                channel.closeFromAnyThread()
+                count += 1
+            }
+            return Double(count) / (Double(EventLoop.monotonicNanoseconds() - start) / 1e9)
+        }
+
+        /// What one XXpsk0 handshake must compute, both sides together: 2 ephemeral key pairs,
+        /// 6 X25519 operations (ee, es, se on each side), 2 signature checks and 2 Ed25519-to-X25519
+        /// conversions of the peer's key. Timed with the same libsodium calls the handshake makes.
+        private func handshakePrimitiveMicroseconds() -> Double {
+            let iterations = max(200, Int(seconds * 500))
+            let signer = SigningKey()
+            let peer = X25519KeyPair()
+            let message = [UInt8](repeating: 1, count: 57)
+            let signature = signer.signature(for: message)
+            func perOp(_ body: () -> Void) -> Double {
+                let start = EventLoop.monotonicNanoseconds()
+                for _ in 0..<iterations { body() }
+                return Double(EventLoop.monotonicNanoseconds() - start) / Double(iterations) / 1e3
+            }
+            let keygen = perOp { _ = X25519KeyPair() }
+            let dh = perOp { _ = try? peer.sharedSecret(with: peer.publicKey) }
+            let verify = perOp { _ = signer.publicKey.isValidSignature(signature, for: message) }
+            let convert = perOp { _ = try? signer.publicKey.x25519() }
+            return 2 * keygen + 6 * dh + 2 * verify + 2 * convert
+        }
+
+        /// Seal a small body for a peer and open it there, keys cached (the steady state).
+        private func sealOpenRate() -> Double {
+            let a = SigningKey(), b = SigningKey()
+            let now: () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
+            var settings = DatagramSealer.Settings()
+            settings.replayCapacity = 1 << 22
+            let sa = DatagramSealer(identity: a, meshKey: .publicMesh, now: now, random: SecureRandom.bytes)
+            let sb = DatagramSealer(identity: b, meshKey: .publicMesh, settings: settings, now: now, random: SecureRandom.bytes)
+            let body = DatagramMessage.ping(nonce: 1).encoded()
+            let deadline = EventLoop.monotonicNanoseconds() + UInt64(seconds * 1e9)
+            return timed {
+                var n = 0
+                while EventLoop.monotonicNanoseconds() < deadline {
+                    guard let d = sa.seal(body, to: b.publicKey), case .success = d.withUnsafeBytes({ sb.open($0) }) else { break }
+                    n += 1
+                }
+                return n
+            }
+        }
+    }
 }

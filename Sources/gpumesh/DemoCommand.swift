@@ -11,10 +11,11 @@ extension GPUMesh {
         static let configuration = CommandConfiguration(
             abstract: "Run a small local mesh in one process and narrate what the peers did.",
             discussion: """
-            Starts --nodes peers (fresh identities, 127.0.0.1, free ports) on --loops shared event loops.
-            Every peer probes every other over UDP and opens a TCP connection to its neighbour; the
-            demo checks each answer comes from the peer the contact names, prints what happened and
-            stops everything. Exit status 0 when every peer reached every other.
+            Starts --nodes peers (fresh identities, 127.0.0.1, free ports) on --loops shared event loops,
+            in a private mesh with a fresh mesh key. Every peer pings every other with sealed
+            datagrams, asks its neighbour for its contact (proving its address with a cookie), and
+            opens a Noise channel to it that proves both identities and echoes a message. Then it
+            prints what happened and stops everything. Exit status 0 when everything succeeded.
             """)
 
         @Option(help: "Number of peers (2...64).") var nodes = 8
@@ -31,7 +32,11 @@ extension GPUMesh {
             bootstrapLogging(logLevel)
             let logger = Logger(label: "gpumesh.demo")
             let started = Date()
-            if !json { print("GPUMesh demo: \(nodes) peers on \(loops) shared event loops, one process, 127.0.0.1\n") }
+            let meshKey = MeshKey.generate()
+            if !json {
+                print("GPUMesh demo: \(nodes) peers on \(loops) shared event loops, one process, 127.0.0.1")
+                print("private mesh \(meshKey.fingerprint) (fresh key: every datagram and handshake needs it)\n")
+            }
 
             let eventLoops = try (0..<loops).map { try EventLoop(name: "demo-\($0)") }
             defer { eventLoops.forEach { $0.shutdown() } }
@@ -40,8 +45,11 @@ extension GPUMesh {
             config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
             var peers: [MeshNode] = []
             for i in 0..<nodes {
-                peers.append(try await MeshNode.start(on: eventLoops[i % loops],
-                                                      options: .init(identity: SigningKey(), config: config, logger: logger)))
+                let node = try await MeshNode.start(on: eventLoops[i % loops],
+                                                    options: .init(identity: SigningKey(), config: config, meshKey: meshKey, logger: logger))
+                // Each peer echoes what arrives on channels opened to it.
+                try await node.loop.submit { node.channelHandler = { ch in ch.setMessageHandler { ch.send($0) } } }
+                peers.append(node)
             }
             if !json {
                 print("started \(nodes) peers:")
@@ -51,12 +59,12 @@ extension GPUMesh {
                 print("")
             }
 
-            // Every peer probes every other, all at once; each pong must carry the expected ID.
+            // Every peer pings every other, all at once; a pong opens only if its sender holds the key the contact names.
             let contacts = peers.map(\.contact)
             let outcomes = await withTaskGroup(of: (Int, Int, Result<ProbeResult, Error>).self) { group in
                 for (i, p) in peers.enumerated() {
                     for (j, c) in contacts.enumerated() where j != i {
-                        group.addTask { (i, j, await Result(catching: { try await p.ping(c.address(for: .udp)!, timeout: .seconds(3)) })) }
+                        group.addTask { (i, j, await Result(catching: { try await p.ping(c, timeout: .seconds(3)) })) }
                     }
                 }
                 var all: [(Int, Int, Result<ProbeResult, Error>)] = []
@@ -77,15 +85,28 @@ extension GPUMesh {
                     problems.append("#\(i) -> #\(j): \(e)")
                 }
             }
-            // Each peer connects to its neighbour over TCP and checks the banner's ID.
-            var tcpOK = [Bool](repeating: false, count: nodes)
+            // Each peer asks its neighbour for its contact (an unproven address gets a cookie
+            // challenge first), then opens a Noise channel to it and has a message echoed.
+            var infoOK = [Bool](repeating: false, count: nodes)
+            var channelOK = [Bool](repeating: false, count: nodes)
             for (i, p) in peers.enumerated() {
                 let j = (i + 1) % nodes
                 do {
-                    let id = try await p.tcpHello(contacts[j].address(for: .tcp)!)
-                    if id == contacts[j].peerID { tcpOK[i] = true } else { problems.append("#\(i) -> #\(j) tcp: banner claimed \(id.short)") }
+                    infoOK[i] = try await p.requestInfo(contacts[j]) == contacts[j]
+                    if !infoOK[i] { problems.append("#\(i) -> #\(j) info: contact differs") }
                 } catch {
-                    problems.append("#\(i) -> #\(j) tcp: \(error)")
+                    problems.append("#\(i) -> #\(j) info: \(error)")
+                }
+                do {
+                    let channel = try await p.openChannel(to: contacts[j])
+                    let replies = try await channel.messages()
+                    let hello = Array("hello from #\(i)".utf8)
+                    try await channel.send(hello)
+                    for try await reply in replies { channelOK[i] = reply == hello && channel.remotePeerID == contacts[j].peerID; break }
+                    channel.closeFromAnyThread()
+                    if !channelOK[i] { problems.append("#\(i) -> #\(j) channel: echo or identity mismatch") }
+                } catch {
+                    problems.append("#\(i) -> #\(j) channel: \(error)")
                 }
             }
             var totals: [String: Int] = [:]
@@ -96,23 +117,26 @@ extension GPUMesh {
 
             rtts.sort()
             let summary = DemoSummary(
-                peers: nodes, loops: loops, probes: outcomes.count, probesAnswered: reached.reduce(0, +),
-                tcpConnections: nodes, tcpVerified: tcpOK.filter { $0 }.count,
+                peers: nodes, loops: loops, mesh: meshKey.fingerprint, probes: outcomes.count, probesAnswered: reached.reduce(0, +),
+                infoRequests: nodes, infoAnswered: infoOK.filter { $0 }.count,
+                channels: nodes, channelsVerified: channelOK.filter { $0 }.count,
                 rttMsP50: percentile(rtts, 0.5), rttMsP99: percentile(rtts, 0.99), rttMsMax: rtts.last ?? 0,
                 seconds: Date().timeIntervalSince(started), counters: totals, problems: problems)
             if json {
                 try printJSON(summary)
             } else {
-                print("each peer probed the \(nodes - 1) others over UDP and greeted its neighbour over TCP:")
+                print("each peer pinged the \(nodes - 1) others with sealed datagrams, then asked its neighbour for its")
+                print("contact and opened a Noise channel to it:")
                 for (i, p) in peers.enumerated() {
-                    let mark = reached[i] == nodes - 1 && tcpOK[i] ? "ok " : "!! "
-                    print("  \(mark)#\(i) \(p.peerID.short) reached \(reached[i])/\(nodes - 1) peers by UDP; TCP to #\((i + 1) % nodes): \(tcpOK[i] ? "identity matches" : "FAILED")")
+                    let ok = reached[i] == nodes - 1 && infoOK[i] && channelOK[i]
+                    print("  \(ok ? "ok " : "!! ")#\(i) \(p.peerID.short) reached \(reached[i])/\(nodes - 1) peers; to #\((i + 1) % nodes): contact \(infoOK[i] ? "received" : "FAILED"), channel \(channelOK[i] ? "proved its identity and echoed" : "FAILED")")
                 }
                 print("")
                 print(String(format: "probes: %d/%d answered by the peer the contact names; RTT p50 %.3f ms, p99 %.3f ms, max %.3f ms",
                              summary.probesAnswered, summary.probes, summary.rttMsP50, summary.rttMsP99, summary.rttMsMax))
-                print("datagrams: \(totals["datagrams_out"] ?? 0) sent, \(totals["datagrams_in"] ?? 0) received, \(totals["datagrams_dropped_malformed"] ?? 0) dropped")
-                print("tcp: \(summary.tcpVerified)/\(nodes) neighbour connections verified")
+                let dropped = totals.filter { $0.key.hasPrefix("datagrams_dropped_") }.values.reduce(0, +)
+                print("datagrams: \(totals["datagrams_out"] ?? 0) sent, \(totals["datagrams_in"] ?? 0) received, \(dropped) dropped; \(totals["cookie_challenges_sent"] ?? 0) cookie challenges")
+                print("channels: \(summary.channelsVerified)/\(nodes) proved both identities and echoed")
                 for p in problems { print("problem: \(p)") }
                 print(String(format: "done in %.2f s; every peer stopped, nothing left running.", summary.seconds))
             }
@@ -125,10 +149,13 @@ extension GPUMesh {
 struct DemoSummary: Encodable {
     var peers: Int
     var loops: Int
+    var mesh: String
     var probes: Int
     var probesAnswered: Int
-    var tcpConnections: Int
-    var tcpVerified: Int
+    var infoRequests: Int
+    var infoAnswered: Int
+    var channels: Int
+    var channelsVerified: Int
     var rttMsP50: Double
     var rttMsP99: Double
     var rttMsMax: Double
@@ -137,8 +164,8 @@ struct DemoSummary: Encodable {
     var problems: [String]
 
     enum CodingKeys: String, CodingKey {
-        case peers, loops, probes, probesAnswered = "probes_answered", tcpConnections = "tcp_connections"
-        case tcpVerified = "tcp_verified", rttMsP50 = "rtt_ms_p50", rttMsP99 = "rtt_ms_p99", rttMsMax = "rtt_ms_max"
+        case peers, loops, mesh, probes, probesAnswered = "probes_answered", infoRequests = "info_requests"
+        case infoAnswered = "info_answered", channels, channelsVerified = "channels_verified", rttMsP50 = "rtt_ms_p50", rttMsP99 = "rtt_ms_p99", rttMsMax = "rtt_ms_max"
         case seconds, counters, problems
     }
 }

@@ -17,7 +17,7 @@ struct GPUMesh: AsyncParsableCommand {
         `gpumesh demo` runs a small local mesh in one process.
         """,
         version: GPUMeshVersion.current,
-        subcommands: [Init.self, Id.self, Node.self, Status.self, Demo.self, Bench.self]
+        subcommands: [Init.self, Id.self, Node.self, Status.self, MeshKeyCommand.self, Demo.self, Debug.self, Bench.self]
     )
 }
 
@@ -58,6 +58,16 @@ struct DataDirectory {
         catch { throw CLIError("cannot read \(configFile): \(error.localizedDescription)") }
         do { return try NodeConfig(parsing: text) }
         catch { throw CLIError("\(configFile): \(error)") }
+    }
+
+    /// Reads the mesh key: `flag` if given, else the config's `mesh_key_file` (relative to the
+    /// data directory), else the public mesh's key.
+    func loadMeshKey(flag: String?, config: NodeConfig) throws -> MeshKey {
+        guard var path = flag ?? config.meshKeyFile else { return .publicMesh }
+        if flag == nil && !path.hasPrefix("/") { path = self.path + "/" + path }
+        do { return try MeshKey.read(from: path) }
+        catch .notFound { throw CLIError("no mesh key file at \(path) (make one with `gpumesh mesh-key new --out FILE`)") }
+        catch { throw CLIError("\(error)") }
     }
 
     /// Reads the identity key, with a hint when there is none.

@@ -21,6 +21,7 @@ extension GPUMesh {
         @OptionGroup var common: CommonOptions
         @Option(help: ArgumentHelp("UDP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var udp: String?
         @Option(help: ArgumentHelp("TCP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var tcp: String?
+        @Option(help: ArgumentHelp("Join the private mesh whose key is in this file (default: the public mesh).", valueName: "file")) var meshKey: String?
         @Flag(help: "Print the start-up status as one JSON line.") var json = false
 
         func validate() throws {
@@ -38,12 +39,13 @@ extension GPUMesh {
             if let tcp { config.tcpListen = try SocketAddress(parsing: tcp) }
             bootstrapLogging(common.logLevel ?? config.logLevel)
             let identity = try dir.loadIdentity()
+            let mesh = try dir.loadMeshKey(flag: meshKey, config: config)
             let logger = Logger(label: "gpumesh.node")
 
             let loop = try EventLoop(name: "node")
             let node: MeshNode
             do {
-                node = try await MeshNode.start(on: loop, options: .init(identity: identity, config: config,
+                node = try await MeshNode.start(on: loop, options: .init(identity: identity, config: config, meshKey: mesh,
                                                                           controlSocketPath: dir.controlSocket, logger: logger))
             } catch {
                 loop.shutdown()
@@ -64,6 +66,7 @@ extension GPUMesh {
                 print("  contact  \(status.contact)")
                 print("  udp      \(status.udp)")
                 print("  tcp      \(status.tcp)")
+                print("  mesh     \(status.mesh)")
                 print("  control  \(dir.controlSocket)")
                 print("stop with Ctrl-C or SIGTERM")
             }
@@ -98,6 +101,7 @@ extension GPUMesh {
                 print("contact  \(status.contact)")
                 print("udp      \(status.udp)")
                 print("tcp      \(status.tcp)")
+                print("mesh     \(status.mesh)")
                 print("uptime   \(String(format: "%.1f", status.uptimeSeconds)) s")
                 print("version  \(status.version)")
                 print("counters")

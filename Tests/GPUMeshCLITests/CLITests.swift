@@ -1,5 +1,8 @@
 import Foundation
+import Logging
 import MeshCore
+import MeshCrypto
+import MeshRuntime
 import Testing
 
 /// The built `gpumesh` executable: beside the test bundle, else in the package's debug build folder.
@@ -63,6 +66,36 @@ func json(_ text: String) throws -> [String: Any] {
     return try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(text)")
 }
 
+/// A `gpumesh` process in the background whose first output line is JSON.
+final class Background {
+    let process = Process()
+    let firstLine: [String: Any]
+
+    init(_ arguments: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: gpumeshBinary)
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        while !line.contains(10) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        firstLine = try json(String(decoding: line, as: UTF8.self))
+    }
+
+    func stop() -> Int32 {
+        process.terminate()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    deinit { if process.isRunning { process.interrupt() } }
+}
+
 @Suite("gpumesh CLI", .timeLimit(.minutes(3)))
 struct CLITests {
     @Test("the binary exists and prints help and its version")
@@ -70,7 +103,7 @@ struct CLITests {
         #expect(FileManager.default.isExecutableFile(atPath: gpumeshBinary), "build it first: swift build")
         let r = try run(["--help"])
         #expect(r.status == 0)
-        for sub in ["init", "id", "node", "status", "demo", "bench"] { #expect(r.stdout.contains(sub)) }
+        for sub in ["init", "id", "node", "status", "mesh-key", "demo", "debug", "bench"] { #expect(r.stdout.contains(sub)) }
         #expect(try run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == GPUMeshVersion.current)
     }
 
@@ -201,12 +234,86 @@ struct CLITests {
         #expect(s["peers"] as? Int == 6)
         #expect(s["probes"] as? Int == 30)
         #expect(s["probes_answered"] as? Int == 30)
-        #expect(s["tcp_verified"] as? Int == 6)
+        #expect(s["info_answered"] as? Int == 6)
+        #expect(s["channels_verified"] as? Int == 6)
+        #expect((s["mesh"] as? String)?.count == 16, "a fresh private mesh")
         #expect((s["problems"] as? [Any])?.isEmpty == true)
         let text = try run(["demo", "--nodes", "3"], timeout: 120)
         #expect(text.status == 0)
         #expect(text.stdout.contains("reached 2/2 peers"))
+        #expect(text.stdout.contains("proved its identity and echoed"))
         #expect(try run(["demo", "--nodes", "1"]).status != 0)
+    }
+
+    @Test("mesh-key new writes a 0600 key once; nodes in that mesh answer only its members")
+    func privateMesh() throws {
+        let dir = try tempDataDir()
+        #expect(try run(["init", "--data-dir", dir]).status == 0)
+        let keyFile = dir + "/mesh.key"
+        let made = try run(["mesh-key", "new", "--out", keyFile, "--json"])
+        #expect(made.status == 0)
+        let fingerprint = try #require(json(made.stdout)["fingerprint"] as? String)
+        #expect(try FileManager.default.attributesOfItem(atPath: keyFile)[.posixPermissions] as? Int == 0o600)
+        #expect(try run(["mesh-key", "new", "--out", keyFile]).status == 1, "never overwrites")
+        #expect(try run(["mesh-key", "show", keyFile]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == fingerprint)
+
+        let node = try Background(["node", "--data-dir", dir, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0",
+                                   "--mesh-key", keyFile, "--json", "--log-level", "warning"])
+        #expect(node.firstLine["mesh"] as? String == fingerprint)
+        let contact = try #require(node.firstLine["contact"] as? String)
+        let member = try run(["debug", "ping", contact, "--mesh-key", keyFile, "--count", "2", "--json"])
+        #expect(member.status == 0, "\(member.stderr)")
+        #expect(try json(member.stdout)["answered"] as? Int == 2)
+        let outsider = try run(["debug", "ping", contact, "--count", "1", "--timeout", "0.3"])
+        #expect(outsider.status == 1)
+        #expect(outsider.stdout.contains("no answer"))
+        let status = try json(try run(["status", "--data-dir", dir, "--json"]).stdout)
+        let counters = try #require(status["counters"] as? [String: Int])
+        #expect(counters["probes_answered"] == 2)
+        #expect((counters["datagrams_dropped_auth_failed"] ?? 0) >= 1)
+        #expect(node.stop() == 0)
+        #expect(try run(["debug", "ping", "gpm1:zz@udp:127.0.0.1:1"]).status != 0)
+    }
+
+    @Test("debug echo answers a channel opened by the library, proving its identity, in its mesh only")
+    func echoInterop() async throws {
+        let dir = try tempDataDir()
+        #expect(try run(["init", "--data-dir", dir]).status == 0)
+        let keyFile = dir + "/mesh.key"
+        #expect(try run(["mesh-key", "new", "--out", keyFile]).status == 0)
+        let echo = try Background(["debug", "echo", "--listen", "127.0.0.1:0", "--data-dir", dir, "--mesh-key", keyFile, "--json"])
+        let contact = try Contact(parsing: try #require(echo.firstLine["contact"] as? String))
+        let id = try json(try run(["id", "--data-dir", dir, "--json"]).stdout)
+        #expect(contact.peerID.hex == id["peer_id"] as? String, "the echo server uses the data directory's identity")
+
+        let loop = try EventLoop(name: "interop")
+        defer { loop.shutdown() }
+        let mesh = try MeshKey.read(from: keyFile)
+        let channel = try await SecureChannel.connect(on: loop, to: contact, identity: ChannelIdentity(SigningKey()), meshKey: mesh)
+        let replies = try await channel.messages()
+        let big = SecureRandom.bytes(300_000)
+        try await channel.send(Array("hello".utf8))
+        try await channel.send(big)
+        var got: [[UInt8]] = []
+        for try await r in replies { got.append(r); if got.count == 2 { break } }
+        #expect(got == [Array("hello".utf8), big])
+        channel.closeFromAnyThread()
+        await #expect(throws: SecureChannel.Failure.peerClosedDuringHandshake) {
+            try await SecureChannel.connect(on: loop, to: contact, identity: ChannelIdentity(SigningKey()), meshKey: .publicMesh)
+        }
+        #expect(echo.stop() == 0)
+    }
+
+    @Test("bench transport --json prints channel, AEAD, handshake and datagram figures")
+    func benchTransport() throws {
+        let r = try run(["bench", "transport", "--seconds", "0.2", "--json"], timeout: 120)
+        #expect(r.status == 0, "\(r.stderr)")
+        let s = try json(r.stdout)
+        for key in ["channel_mb_per_s", "raw_aead_mb_per_s", "channel_to_raw_ratio", "handshake_us", "handshake_primitives_us",
+                    "handshake_to_primitives_ratio"] {
+            #expect((s[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        for key in ["handshakes_per_s", "datagram_seal_open_per_s"] { #expect((s[key] as? Int ?? 0) > 0, "\(key)") }
     }
 
     @Test("bench loop --json prints one object with the loop's figures")

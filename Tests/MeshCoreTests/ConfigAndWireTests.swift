@@ -68,55 +68,8 @@ struct ConfigTests {
     }
 }
 
-@Suite("Wire version 0")
+@Suite("JSON-RPC")
 struct WireTests {
-    @Test("probes encode to 44 bytes and decode back; replies are never larger than requests")
-    func probeRoundTrip() {
-        let id = PeerID(publicKey: SigningKey().publicKey)
-        let ping = ProbeMessage(kind: .ping, nonce: 0x0102_0304_0506_0708, sender: id)
-        let bytes = ping.encoded()
-        #expect(bytes.count == ProbeMessage.size)
-        #expect(Array(bytes[0..<12]) == [0x47, 0x4d, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8])
-        #expect(bytes.withUnsafeBytes { ProbeMessage(decoding: $0) } == ping)
-        let pong = ProbeMessage(kind: .pong, nonce: ping.nonce, sender: id).encoded()
-        #expect(pong.count <= bytes.count)
-    }
-
-    @Test("any byte string that is not exactly a probe is refused, never trapped on")
-    func probeFuzz() {
-        let valid = ProbeMessage(kind: .pong, nonce: 7, sender: PeerID(publicKey: SigningKey().publicKey)).encoded()
-        var accepted = 0
-        for i in 0..<10_000 {
-            var bytes: [UInt8]
-            if i % 2 == 0 {
-                bytes = (0..<Int.random(in: 0...80)).map { _ in UInt8.random(in: 0...255) }
-            } else if i % 4 == 1 {
-                bytes = valid
-                bytes[Int.random(in: 0..<3)] ^= UInt8.random(in: 1...255)  // corrupt magic or version
-            } else {
-                bytes = valid
-                bytes[3] = [0, 3, 4, 0x81, 0xff].randomElement()!  // an unknown kind
-            }
-            if bytes.withUnsafeBytes({ ProbeMessage(decoding: $0) }) != nil { accepted += 1 }
-        }
-        #expect(accepted == 0)
-        #expect(valid.dropLast().withUnsafeBytes { ProbeMessage(decoding: UnsafeRawBufferPointer($0)) } == nil)
-        #expect((valid + [0]).withUnsafeBytes { ProbeMessage(decoding: $0) } == nil)
-    }
-
-    @Test("TCP banners round-trip and malformed ones are refused")
-    func banner() {
-        let id = PeerID(publicKey: SigningKey().publicKey)
-        let b = TCPBanner.encode(id)
-        #expect(b.count == TCPBanner.size)
-        #expect(TCPBanner.decode(b) == id)
-        #expect(TCPBanner.decode(Array(b.dropLast())) == nil)
-        var wrong = b; wrong[0] = UInt8(ascii: "X")
-        #expect(TCPBanner.decode(wrong) == nil)
-        var badHex = b; badHex[20] = UInt8(ascii: "z")
-        #expect(TCPBanner.decode(badHex) == nil)
-    }
-
     @Test("JSON-RPC responses carry exactly one of result and error")
     func jsonRPC() throws {
         let encoder = JSONEncoder()

@@ -14,7 +14,7 @@ private final class EchoServer: @unchecked Sendable {
     init(on loop: EventLoop, meshKey: MeshKey, settings: SecureChannel.Settings = .init(), echo: Bool = true) async throws {
         address = try await loop.submit { [identity, outcomes] () -> SocketAddress in
             let l = try StreamListener.listen(on: loop, at: .tcp(loopback)) { conn in
-                SecureChannel.accept(conn, identity: identity, meshKey: meshKey, settings: settings) { result in
+                SecureChannel.accept(conn, identity: ChannelIdentity(identity), meshKey: meshKey, settings: settings) { result in
                     switch result {
                     case .success(let ch):
                         outcomes.mutate { $0.append(.success(ch.remotePeerID!)) }
@@ -76,7 +76,7 @@ struct SecureChannelTests {
             let mesh = MeshKey.generate()
             let server = try await EchoServer(on: serverLoop, meshKey: mesh, settings: settings)
             let me = SigningKey()
-            let channel = try await SecureChannel.connect(on: loop, to: server.contact, identity: me, meshKey: mesh, settings: settings)
+            let channel = try await SecureChannel.connect(on: loop, to: server.contact, identity: ChannelIdentity(me), meshKey: mesh, settings: settings)
             #expect(channel.remotePeerID == server.contact.peerID)
             #expect(try await server.waitForOutcome() == .success(PeerID(publicKey: me.publicKey)))
             let messages = try await channel.messages()
@@ -120,7 +120,7 @@ struct SecureChannelTests {
         try await withLoop { loop in
             let server = try await EchoServer(on: loop, meshKey: .generate())
             do {
-                _ = try await SecureChannel.connect(on: loop, to: server.contact, identity: SigningKey(), meshKey: .generate())
+                _ = try await SecureChannel.connect(on: loop, to: server.contact, identity: ChannelIdentity(SigningKey()), meshKey: .generate())
                 Issue.record("handshake with a different mesh key succeeded")
             } catch let f as SecureChannel.Failure {
                 #expect(f == .peerClosedDuringHandshake)
@@ -138,7 +138,7 @@ struct SecureChannelTests {
             let server = try await EchoServer(on: loop, meshKey: .publicMesh)
             let impostorContact = try Contact(publicKey: SigningKey().publicKey, addresses: [TransportAddress(.tcp, server.address)])
             await #expect(throws: SecureChannel.Failure.unexpectedPeer(expected: impostorContact.peerID, actual: server.contact.peerID)) {
-                try await SecureChannel.connect(on: loop, to: impostorContact, identity: SigningKey(), meshKey: .publicMesh)
+                try await SecureChannel.connect(on: loop, to: impostorContact, identity: ChannelIdentity(SigningKey()), meshKey: .publicMesh)
             }
         }
     }
@@ -151,7 +151,7 @@ struct SecureChannelTests {
             let proxy = try await flippingProxy(on: loop, to: server.address, flipOffset: offset, clientToServer: clientToServer)
             let viaProxy = try Contact(publicKey: server.identity.publicKey, addresses: [TransportAddress(.tcp, proxy)])
             do {
-                let channel = try await SecureChannel.connect(on: loop, to: viaProxy, identity: SigningKey(), meshKey: .publicMesh)
+                let channel = try await SecureChannel.connect(on: loop, to: viaProxy, identity: ChannelIdentity(SigningKey()), meshKey: .publicMesh)
                 // The handshake survived: the flip lands in a transport frame (the request or its echo).
                 let messages = try await channel.messages()
                 try await channel.send([UInt8](repeating: 0xaa, count: 300))
@@ -186,7 +186,7 @@ struct SecureChannelTests {
     func backpressure() async throws {
         try await withLoop { loop in
             let server = try await EchoServer(on: loop, meshKey: .publicMesh, echo: false)
-            let channel = try await SecureChannel.connect(on: loop, to: server.contact, identity: SigningKey(), meshKey: .publicMesh)
+            let channel = try await SecureChannel.connect(on: loop, to: server.contact, identity: ChannelIdentity(SigningKey()), meshKey: .publicMesh)
             try await loop.submit { channel.connection.highWaterMark = 256 << 10; channel.connection.lowWaterMark = 64 << 10 }
             let message = [UInt8](repeating: 1, count: 64 << 10)
             for _ in 0..<64 { try await channel.send(message) }  // 4 MiB; the server reads but never answers

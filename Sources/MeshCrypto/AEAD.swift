@@ -50,6 +50,24 @@ public struct AEAD: Sendable {
         }
     }
 
+    /// Encrypts `buffer[start...]` in place with associated data `ad` and appends the tag
+    /// (libsodium allows the ciphertext to overwrite the plaintext).
+    public func sealInPlace(_ buffer: inout [UInt8], from start: Int, ad: UnsafeRawBufferPointer, nonce: UnsafeRawBufferPointer,
+                            key: SecretBytes) {
+        precondition(nonce.count == nonceByteCount && key.count == Self.keyByteCount && start <= buffer.count)
+        Sodium.ensureInitialised()
+        let plainCount = buffer.count - start
+        buffer.append(contentsOf: repeatElement(0, count: Self.tagByteCount))
+        var clen: UInt64 = 0
+        buffer.withUnsafeMutableBytes { b in
+            key.withUnsafeBytes { k in
+                let p = (b.baseAddress! + start).assumingMemoryBound(to: UInt8.self)
+                _ = encrypt(p, &clen, p, UInt64(plainCount), ad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(ad.count), nil,
+                            nonce.baseAddress!.assumingMemoryBound(to: UInt8.self), k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+    }
+
     /// Decrypts and authenticates; appends the plaintext to `out`, or throws and appends nothing.
     public func open(_ ciphertext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, nonce: UnsafeRawBufferPointer,
                      key: SecretBytes, appendingTo out: inout [UInt8]) throws(CryptoError) {

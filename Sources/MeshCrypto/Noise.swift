@@ -181,23 +181,23 @@ extension Noise {
             return bytes
         }
 
-        /// Encrypts `plaintext` with associated data `ad` and appends the ciphertext to `out`,
-        /// without intermediate copies: the transport path. Requires a key.
-        public func encrypt(_ plaintext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(Failure) {
+        /// Encrypts `buffer[start...]` in place (no associated data) and appends the tag: a
+        /// standard Noise transport message, produced without copying. Requires a key.
+        public func encryptInPlace(_ buffer: inout [UInt8], from start: Int) throws(Failure) {
             guard let key else { throw .missingKey("transport key") }
             guard nonce != UInt64.max else { throw .nonceExhausted }
             let n = Self.nonceBytes(nonce)
-            n.withUnsafeBytes { AEAD.chaChaPoly.seal(plaintext, ad: ad, nonce: $0, key: key, appendingTo: &out) }
+            n.withUnsafeBytes { AEAD.chaChaPoly.sealInPlace(&buffer, from: start, ad: UnsafeRawBufferPointer(start: nil, count: 0), nonce: $0, key: key) }
             nonce += 1
         }
 
-        /// Decrypts `ciphertext` with associated data `ad`, appending the plaintext to `out`; the
-        /// nonce advances only on success. Requires a key.
-        public func decrypt(_ ciphertext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(Failure) {
+        /// Decrypts a transport message (no associated data), appending the plaintext to `out`;
+        /// the nonce advances only on success. Requires a key.
+        public func decrypt(_ ciphertext: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(Failure) {
             guard let key else { throw .missingKey("transport key") }
             guard nonce != UInt64.max else { throw .nonceExhausted }
             let n = Self.nonceBytes(nonce)
-            let opened = n.withUnsafeBytes { (try? AEAD.chaChaPoly.open(ciphertext, ad: ad, nonce: $0, key: key, appendingTo: &out)) != nil }
+            let opened = n.withUnsafeBytes { (try? AEAD.chaChaPoly.open(ciphertext, ad: UnsafeRawBufferPointer(start: nil, count: 0), nonce: $0, key: key, appendingTo: &out)) != nil }
             guard opened else { throw .decryptFailed }
             nonce += 1
         }

@@ -37,7 +37,7 @@ public final class SecureChannel: @unchecked Sendable {
     public static let prologue = Array("GPUMesh channel v1".utf8)
     /// Domain separation for the identity signature over the Noise static key.
     public static let identityContext = Array("gpumesh/noise-identity/v1".utf8)
-    /// The largest plaintext in one transport frame (65,535 less the type byte and the tag).
+    /// The most application bytes in one transport frame (65,535 less the type byte and the tag).
     public static let maxFragment = Noise.maxMessageLength - 1 - AEAD.tagByteCount
 
     /// Tunables.
@@ -326,28 +326,25 @@ public final class SecureChannel: @unchecked Sendable {
         return offset
     }
 
-    /// A transport frame: length (2) | type (1) | ciphertext; the first three bytes are the
-    /// associated data, so length and type are authenticated without being encrypted.
+    /// A transport frame: length (2) | a standard Noise transport message (empty associated
+    /// data) whose plaintext is the data followed by one type byte.
     private func receivedTransportFrame(_ frame: UnsafeRawBufferPointer) {
         guard let transport else { return }
-        guard frame.count >= 3 + AEAD.tagByteCount, let type = FrameType(rawValue: frame[2]) else {
-            fail(.protocolViolation("malformed transport frame"))
-            return
-        }
+        guard frame.count >= 2 + 1 + AEAD.tagByteCount else { fail(.protocolViolation("transport frame too short")); return }
         let before = partial.count
-        guard before + frame.count - 3 - AEAD.tagByteCount <= settings.maxMessageBytes else {
-            fail(.messageTooLarge(before + frame.count - 3 - AEAD.tagByteCount))
+        guard before + frame.count - 2 - 1 - AEAD.tagByteCount <= settings.maxMessageBytes else {
+            fail(.messageTooLarge(before + frame.count - 2 - 1 - AEAD.tagByteCount))
             return
         }
         do {
-            try transport.receive.decrypt(UnsafeRawBufferPointer(rebasing: frame[3...]),
-                                          ad: UnsafeRawBufferPointer(rebasing: frame[0..<3]), appendingTo: &partial)
+            try transport.receive.decrypt(UnsafeRawBufferPointer(rebasing: frame[2...]), appendingTo: &partial)
         } catch {
             fail(.frameAuthenticationFailed)
             return
         }
         framesReceived += 1
         if framesReceived % settings.rekeyInterval == 0 { transport.receive.rekey() }
+        guard let type = FrameType(rawValue: partial.removeLast()) else { fail(.protocolViolation("unknown frame type")); return }
         switch type {
         case .close:
             guard partial.count == before else { fail(.protocolViolation("close frame with data")); return }
@@ -383,15 +380,17 @@ public final class SecureChannel: @unchecked Sendable {
         }
     }
 
-    /// Seals one frame straight from `data` and writes it.
+    /// Builds one frame (length, then data and type byte encrypted in place) and writes it.
     private func sealFrame(_ type: FrameType, _ data: UnsafeRawBufferPointer, _ transport: Noise.Transport) -> Bool {
-        let length = 1 + data.count + AEAD.tagByteCount
-        var frame: [UInt8] = [UInt8(length >> 8), UInt8(length & 0xff), type.rawValue]
+        let length = data.count + 1 + AEAD.tagByteCount
+        var frame: [UInt8] = [UInt8(length >> 8), UInt8(length & 0xff)]
         frame.reserveCapacity(2 + length)
-        let header = [frame[0], frame[1], frame[2]]
-        let sealed = header.withUnsafeBytes { ad in (try? transport.send.encrypt(data, ad: ad, appendingTo: &frame)) != nil }
-        guard sealed else {
-            fail(.noise(.nonceExhausted))  // the only way a keyed transport encryption fails
+        frame.append(contentsOf: data)
+        frame.append(type.rawValue)
+        do {
+            try transport.send.encryptInPlace(&frame, from: 2)
+        } catch {
+            fail(.noise(error))
             return false
         }
         connection.write(frame)

@@ -32,8 +32,24 @@ for entry in "${packages[@]}"; do
   fi
 done
 
+# Optional: the Python packages of the interoperability test (Tests/interop/python_peer.py),
+# an independent peer built from a stock Noise library and libsodium bindings. Without them
+# that one test is skipped with its reason; nothing else needs Python.
+python_interop() {
+  command -v python3 >/dev/null 2>&1 || { say "skip     python interop packages (no python3)"; return 0; }
+  if python3 -c 'import noise, nacl' >/dev/null 2>&1; then
+    say "ok       noiseprotocol, pynacl (python interop test)"
+    return 0
+  fi
+  say "installing noiseprotocol, pynacl for the python interop test"
+  python3 -m pip install --quiet --disable-pip-version-check noiseprotocol pynacl >/dev/null 2>&1 \
+    || python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages noiseprotocol pynacl >/dev/null 2>&1 \
+    || echo "setup: warning: could not pip-install noiseprotocol and pynacl; the python interop test will be skipped" >&2
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   say "all system packages present"
+  python_interop
   exit 0
 fi
 
@@ -63,3 +79,4 @@ if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
   exit 1
 fi
 echo "setup: installed ${missing[*]}"
+python_interop

@@ -15,6 +15,26 @@ let gpumeshBinary: String = {
     return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[0]
 }()
 
+/// The independent Python peer.
+let interopScript: String = {
+    var dir = URL(fileURLWithPath: #filePath)
+    dir.deleteLastPathComponent()
+    dir.deleteLastPathComponent()
+    return dir.appendingPathComponent("interop/python_peer.py").path
+}()
+
+/// True when python3 can import the interop test's packages.
+let pythonInteropAvailable: Bool = {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = ["python3", "-c", "import noise, nacl"]
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    guard (try? p.run()) != nil else { return false }
+    p.waitUntilExit()
+    return p.terminationStatus == 0
+}()
+
 struct RunResult {
     var status: Int32
     var stdout: String
@@ -302,6 +322,41 @@ struct CLITests {
             try await SecureChannel.connect(on: loop, to: contact, identity: ChannelIdentity(SigningKey()), meshKey: .publicMesh)
         }
         #expect(echo.stop() == 0)
+    }
+
+    @Test("an independent Python peer (stock Noise library + PyNaCl) speaks both protocols with the binary",
+          .enabled(if: pythonInteropAvailable, "python3 with noiseprotocol and pynacl is needed (Bootstrap/setup.sh installs them)"))
+    func pythonInterop() throws {
+        let dir = try tempDataDir()
+        #expect(try run(["init", "--data-dir", dir]).status == 0)
+        let keyFile = dir + "/mesh.key"
+        #expect(try run(["mesh-key", "new", "--out", keyFile]).status == 0)
+        let echo = try Background(["debug", "echo", "--listen", "127.0.0.1:0", "--mesh-key", keyFile, "--json"])
+        let node = try Background(["node", "--data-dir", dir, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0",
+                                   "--mesh-key", keyFile, "--json", "--log-level", "warning"])
+        func python(_ args: [String]) throws -> (Int32, [String: Any]) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["python3", interopScript] + args
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, try json(String(decoding: data, as: UTF8.self)))
+        }
+        let channel = try python(["channel", "--contact", try #require(echo.firstLine["contact"] as? String), "--mesh-key", keyFile])
+        #expect(channel.0 == 0, "\(channel.1)")
+        #expect(channel.1["echoed_bytes"] as? Int == 200_017)
+        let datagram = try python(["datagram", "--contact", try #require(node.firstLine["contact"] as? String), "--mesh-key", keyFile])
+        #expect(datagram.0 == 0, "\(datagram.1)")
+        #expect(datagram.1["contact"] as? String == node.firstLine["contact"] as? String)
+        let outsider = try python(["channel", "--contact", try #require(echo.firstLine["contact"] as? String)])
+        #expect(outsider.0 == 1, "the public mesh key must not open a private mesh's channel")
+        let counters = try #require(try json(try run(["status", "--data-dir", dir, "--json"]).stdout)["counters"] as? [String: Int])
+        #expect(counters["probes_answered"] == 1 && counters["cookie_challenges_sent"] == 1 && counters["info_answered"] == 1)
+        #expect(counters["datagrams_dropped_replay"] == 1)
+        #expect(echo.stop() == 0 && node.stop() == 0)
     }
 
     @Test("bench transport --json prints channel, AEAD, handshake and datagram figures")

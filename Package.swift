@@ -47,7 +47,10 @@ let package = Package(
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
-        .testTarget(name: "MeshRuntimeTests", dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto"], swiftSettings: strict),
+        .testTarget(
+            name: "MeshRuntimeTests",
+            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", .product(name: "InMemoryLogging", package: "swift-log")],
+            swiftSettings: strict),
         .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]
 )

@@ -207,7 +207,8 @@ public final class MeshNode: @unchecked Sendable {
     private let sealer: DatagramSealer
     private let cookies: AddressCookies
     private var provenAddresses = LRUCache<SocketAddress, UInt64>(capacity: 4096)
-    private var loggedMeshMismatch = LRUCache<SocketAddress, Bool>(capacity: 256)
+    /// Remote hosts already logged as using another mesh key: said once, at debug level.
+    private var loggedMeshMismatch = LRUCache<IPAddress, Bool>(capacity: 256)
     private var counts = [Int](repeating: 0, count: NodeCounter.allCases.count)
     private let metrics: [Counter]
     private var pending: [UInt64: PendingRequest] = [:]
@@ -356,10 +357,7 @@ public final class MeshNode: @unchecked Sendable {
         switch sealer.open(bytes) {
         case .failure(let reason):
             bump(.dropped(reason))
-            if reason == .authFailed && loggedMeshMismatch.value(for: from) == nil {
-                loggedMeshMismatch.insert(true, for: from)
-                logger.debug("dropping datagrams that fail authentication (another mesh key?)", metadata: ["from": "\(from)"])
-            }
+            if reason == .authFailed { logMeshMismatchOnce(from.ip, "datagrams fail authentication") }
             return
         case .success(let o):
             opened = o
@@ -404,6 +402,12 @@ public final class MeshNode: @unchecked Sendable {
             pending[nonce] = request
             send(.infoRequest(nonce: nonce), to: request.peer, at: from, cookie: cookie)
         }
+    }
+
+    private func logMeshMismatchOnce(_ host: IPAddress, _ what: String) {
+        guard loggedMeshMismatch.value(for: host) == nil else { return }
+        loggedMeshMismatch.insert(true, for: host)
+        logger.debug("\(what) from \(host): it probably uses another mesh key (logged once per host)")
     }
 
     private func isProven(_ address: SocketAddress) -> Bool {
@@ -481,6 +485,7 @@ public final class MeshNode: @unchecked Sendable {
     // MARK: Channels
 
     private func accepted(_ connection: StreamConnection) {
+        let remote = connection.remoteAddress
         SecureChannel.accept(connection, identity: channelIdentity, meshKey: meshKey, settings: channelSettings) { [self] result in
             switch result {
             case .success(let channel):
@@ -489,7 +494,11 @@ public final class MeshNode: @unchecked Sendable {
                 if let channelHandler { channelHandler(channel) } else { channel.close() }
             case .failure(let failure):
                 bump(.channelHandshakesFailed)
-                logger.debug("channel handshake failed", metadata: ["reason": "\(failure)"])
+                if failure == .noise(.decryptFailed), let remote {
+                    logMeshMismatchOnce(remote.ip, "channel handshakes fail")
+                } else {
+                    logger.trace("channel handshake failed", metadata: ["reason": "\(failure)"])
+                }
             }
         }
     }

@@ -368,32 +368,44 @@ public final class SecureChannel: @unchecked Sendable {
         loop.preconditionInLoop()
         guard let transport, !finished else { return false }
         guard message.count <= settings.maxMessageBytes else { fail(.messageTooLarge(message.count)); return false }
+        // A message's frames are sealed into one buffer and written together (flushed every
+        // 256 KiB), so a 64 KiB message costs one write, not one per frame.
         return message.withUnsafeBytes { bytes in
+            var batch: [UInt8] = []
+            batch.reserveCapacity(min(bytes.count, Self.writeBatchBytes) + 64)
             var offset = 0
             repeat {
                 let n = min(Self.maxFragment, bytes.count - offset)
                 let type: FrameType = offset + n == bytes.count ? .final : .fragment
-                guard sealFrame(type, UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n]), transport) else { return false }
+                guard appendFrame(type, UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n]), transport, to: &batch) else { return false }
                 offset += n
+                if batch.count >= Self.writeBatchBytes || offset == bytes.count {
+                    connection.write(batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
             } while offset < bytes.count
             return true
         }
     }
 
-    /// Builds one frame (length, then data and type byte encrypted in place) and writes it.
-    private func sealFrame(_ type: FrameType, _ data: UnsafeRawBufferPointer, _ transport: Noise.Transport) -> Bool {
+    /// How many sealed bytes a send gathers before writing them.
+    static let writeBatchBytes = 256 << 10
+
+    /// Appends one frame to `out`: the length, then data and type byte encrypted in place.
+    private func appendFrame(_ type: FrameType, _ data: UnsafeRawBufferPointer, _ transport: Noise.Transport,
+                             to out: inout [UInt8]) -> Bool {
         let length = data.count + 1 + AEAD.tagByteCount
-        var frame: [UInt8] = [UInt8(length >> 8), UInt8(length & 0xff)]
-        frame.reserveCapacity(2 + length)
-        frame.append(contentsOf: data)
-        frame.append(type.rawValue)
+        out.append(UInt8(length >> 8))
+        out.append(UInt8(length & 0xff))
+        let start = out.count
+        out.append(contentsOf: data)
+        out.append(type.rawValue)
         do {
-            try transport.send.encryptInPlace(&frame, from: 2)
+            try transport.send.encryptInPlace(&out, from: start)
         } catch {
             fail(.noise(error))
             return false
         }
-        connection.write(frame)
         framesSent += 1
         if framesSent % settings.rekeyInterval == 0 { transport.send.rekey() }
         return true
@@ -473,7 +485,10 @@ public final class SecureChannel: @unchecked Sendable {
     public func close() {
         loop.preconditionInLoop()
         guard !finished else { return }
-        if let transport { _ = sealFrame(.close, UnsafeRawBufferPointer(start: nil, count: 0), transport) }
+        if let transport {
+            var frame: [UInt8] = []
+            if appendFrame(.close, UnsafeRawBufferPointer(start: nil, count: 0), transport, to: &frame) { connection.write(frame) }
+        }
         finish(nil)
         connection.closeGracefully()
     }

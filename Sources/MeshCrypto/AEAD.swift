@@ -38,7 +38,7 @@ public struct AEAD: Sendable {
         precondition(nonce.count == nonceByteCount && key.count == Self.keyByteCount)
         Sodium.ensureInitialised()
         let start = out.count
-        out.append(contentsOf: repeatElement(0, count: plaintext.count + Self.tagByteCount))
+        out.appendZeros(plaintext.count + Self.tagByteCount)
         var clen: UInt64 = 0
         out.withUnsafeMutableBytes { o in
             key.withUnsafeBytes { k in
@@ -57,7 +57,7 @@ public struct AEAD: Sendable {
         precondition(nonce.count == nonceByteCount && key.count == Self.keyByteCount && start <= buffer.count)
         Sodium.ensureInitialised()
         let plainCount = buffer.count - start
-        buffer.append(contentsOf: repeatElement(0, count: Self.tagByteCount))
+        buffer.appendZeros(Self.tagByteCount)
         var clen: UInt64 = 0
         buffer.withUnsafeMutableBytes { b in
             key.withUnsafeBytes { k in
@@ -76,7 +76,7 @@ public struct AEAD: Sendable {
         guard ciphertext.count >= Self.tagByteCount else { throw CryptoError("ciphertext shorter than its tag") }
         let start = out.count
         let plainCount = ciphertext.count - Self.tagByteCount
-        out.append(contentsOf: repeatElement(0, count: plainCount))
+        out.appendZeros(plainCount)
         var mlen: UInt64 = 0
         let status = out.withUnsafeMutableBytes { o in
             key.withUnsafeBytes { k in
@@ -89,6 +89,24 @@ public struct AEAD: Sendable {
         if status != 0 {
             out.removeLast(plainCount)
             throw CryptoError("authentication failed")
+        }
+    }
+}
+
+/// A block of zeros to grow buffers from: `append(contentsOf:)` of contiguous bytes is one copy
+/// even in debug builds, where appending a repeated element goes byte by byte.
+private let zeroBlock = [UInt8](repeating: 0, count: 64 << 10)
+
+extension Array where Element == UInt8 {
+    /// Appends `count` zero bytes (to be overwritten in place by a C call).
+    /// No `reserveCapacity` here: an exact reservation on every call would defeat the array's
+    /// geometric growth and copy the whole buffer each time it grows by a frame.
+    mutating func appendZeros(_ count: Int) {
+        var left = count
+        while left > 0 {
+            let n = Swift.min(left, zeroBlock.count)
+            append(contentsOf: zeroBlock[0..<n])
+            left -= n
         }
     }
 }

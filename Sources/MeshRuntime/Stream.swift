@@ -477,6 +477,12 @@ public final class StreamListener: LoopHandle, @unchecked Sendable {
         return listener
     }
 
+    /// The bound TCP address (port resolved), or nil for a Unix listener.
+    public var tcpAddress: SocketAddress? {
+        if case .tcp(let a) = endpoint { return a }
+        return nil
+    }
+
     /// Replaces the handler for accepted connections (loop thread).
     public func setAcceptHandler(_ handler: @escaping (StreamConnection) -> Void) {
         loop.preconditionInLoop()

@@ -106,8 +106,7 @@ extension GPUMesh.Debug {
                     }
                 }
                 for sig in [SIGINT, SIGTERM] { _ = try SignalWatcher.watch(on: loop, signal: sig) { signals.fire($0) } }
-                guard case .tcp(let a) = listener.endpoint else { fatalError("TCP listener without TCP endpoint") }
-                return a
+                return listener.tcpAddress!
             }
             let contact = try Contact(publicKey: identity.signingKey.publicKey, addresses: [TransportAddress(.tcp, bound.advertisable)])
             if json {

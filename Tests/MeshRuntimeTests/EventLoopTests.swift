@@ -86,8 +86,7 @@ struct EventLoopTests {
                 conn.onClose { _ in closedReasons.mutate { $0.append("server side") } }
             }
             sockets.mutate { $0 += [udp, unix, tcp].map { socketIdentity($0)! } }
-            guard case .tcp(let a) = tcp.endpoint else { fatalError() }
-            return a
+            return tcp.tcpAddress!
         }
         let client = try await StreamConnection.connect(on: loop, to: .tcp(listenerAddress))
         try await loop.submit {
@@ -116,8 +115,7 @@ struct EventLoopTests {
         try await withLoop { loop in
             let taken = try await loop.submit { () -> SocketAddress in
                 let l = try StreamListener.listen(on: loop, at: .tcp(loopback)) { _ in }
-                guard case .tcp(let a) = l.endpoint else { fatalError() }
-                return a
+                return l.tcpAddress!
             }
             do {
                 try await loop.submit { _ = try StreamListener.listen(on: loop, at: .tcp(taken)) { _ in } }
@@ -131,9 +129,8 @@ struct EventLoopTests {
             // A port nobody listens on: find one by binding and closing.
             let free = try await loop.submit { () -> SocketAddress in
                 let l = try StreamListener.listen(on: loop, at: .tcp(loopback)) { _ in }
-                guard case .tcp(let a) = l.endpoint else { fatalError() }
                 l.close()
-                return a
+                return l.tcpAddress!
             }
             do {
                 _ = try await StreamConnection.connect(on: loop, to: .tcp(free))
@@ -171,8 +168,7 @@ struct EventLoopTests {
                         let u = try StreamListener.listen(on: loop, at: .unix(path)) { $0.close() }
                         let udp = try UDPSocket.bind(on: loop, to: loopback)
                         sockets.mutate { $0.formUnion([l, u, udp].map { socketIdentity($0)! }) }
-                        guard case .tcp(let a) = l.endpoint else { fatalError() }
-                        return (a, udp)
+                        return (l.tcpAddress!, udp)
                     }
                     let client = try await StreamConnection.connect(on: loop, to: .tcp(server))
                     let (stream, got) = AsyncStream.makeStream(of: Void.self)

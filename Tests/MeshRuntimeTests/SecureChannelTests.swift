@@ -24,8 +24,7 @@ private final class EchoServer: @unchecked Sendable {
                     }
                 }
             }
-            guard case .tcp(let a) = l.endpoint else { fatalError() }
-            return a
+            return l.tcpAddress!
         }
     }
 
@@ -59,8 +58,7 @@ private func flippingProxy(on loop: EventLoop, to target: SocketAddress, flipOff
                 pipe(outbound, inbound, flip: !clientToServer)
             }
         }
-        guard case .tcp(let a) = l.endpoint else { fatalError() }
-        return a
+        return l.tcpAddress!
     }
 }
 

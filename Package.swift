@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "MeshCrypto", dependencies: ["CSodium"], swiftSettings: strict),
         // Pure values: peer IDs, addresses, contact strings, config, JSON.
         .target(name: "MeshCore", dependencies: ["MeshCrypto"], swiftSettings: strict),
+        // Kademlia as pure state: routing table and iterative lookups (no sockets, injected time).
+        .target(name: "MeshDHT", dependencies: ["MeshCore"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(
             name: "MeshRuntime",
@@ -47,6 +49,7 @@ let package = Package(
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
+        .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",
             dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", .product(name: "InMemoryLogging", package: "swift-log")],

@@ -1,0 +1,151 @@
+import MeshCore
+
+/// Kademlia over GPUMesh peer IDs: pure state, no sockets, time passed in by the caller.
+public enum Kademlia {
+    /// Tunables (defaults from the design: k = 20, alpha = 3).
+    public struct Settings: Sendable, Equatable {
+        /// Bucket size and the number of closest nodes a lookup returns.
+        public var k = 20
+        /// Requests a lookup keeps in flight.
+        public var alpha = 3
+        /// Candidates kept per bucket to replace nodes that fail.
+        public var replacementCacheSize = 10
+        /// Most nodes per bucket from one IP prefix (nil: no limit, for loopback meshes).
+        public var maxPerPrefixPerBucket: Int? = 2
+        /// Prefix length for the diversity limit, IPv4 (a /24).
+        public var ipv4PrefixBits = 24
+        /// Prefix length for the diversity limit, IPv6 (a /48).
+        public var ipv6PrefixBits = 48
+        /// Makes the defaults.
+        public init() {}
+    }
+
+    /// A node in the routing table.
+    public struct Node: Sendable, Equatable {
+        /// Its ID.
+        public var id: PeerID { contact.peerID }
+        /// How to reach it.
+        public var contact: Contact
+        /// When it was last heard from (caller's clock, milliseconds).
+        public var lastSeen: UInt64
+
+        /// Makes a node.
+        public init(contact: Contact, lastSeen: UInt64) {
+            self.contact = contact
+            self.lastSeen = lastSeen
+        }
+    }
+
+    /// What `RoutingTable.observe` did with a node.
+    public enum Observation: Equatable, Sendable {
+        /// It joined its bucket.
+        case added
+        /// It was already there; moved to most recently seen (contact updated).
+        case refreshed
+        /// Its bucket is full: it waits in the replacement cache. Ping `leastRecentlySeen`: if it
+        /// fails, call `nodeFailed`, and the waiting node takes its place.
+        case bucketFull(leastRecentlySeen: Node)
+        /// Refused: too many nodes of its IP prefix in that bucket already.
+        case rejectedDiversity
+        /// It is this node itself.
+        case isSelf
+    }
+
+    /// The routing table: 256 buckets by shared-prefix length with the local ID, each holding up
+    /// to k nodes ordered least to most recently seen, plus a replacement cache.
+    public struct RoutingTable: Sendable {
+        /// This node's ID.
+        public let localID: PeerID
+        /// The tunables.
+        public let settings: Settings
+        private var buckets: [[Node]] = Array(repeating: [], count: 256)
+        private var replacements: [[Node]] = Array(repeating: [], count: 256)
+
+        /// An empty table for `localID`.
+        public init(localID: PeerID, settings: Settings = Settings()) {
+            self.localID = localID
+            self.settings = settings
+        }
+
+        /// The bucket for `id`: 255 minus the number of leading bits shared with the local ID
+        /// (bucket 255 holds the farthest half of the ID space); nil for the local ID.
+        public func bucketIndex(for id: PeerID) -> Int? {
+            let shared = localID.distance(to: id).leadingZeroBitCount
+            return shared == 256 ? nil : 255 - shared
+        }
+
+        /// How many nodes the table holds.
+        public var count: Int { buckets.reduce(0) { $0 + $1.count } }
+
+        /// The nodes of bucket `index`, least recently seen first.
+        public func nodes(inBucket index: Int) -> [Node] { buckets[index] }
+
+        /// The replacement candidates of bucket `index`, least recently seen first.
+        public func replacementCandidates(inBucket index: Int) -> [Node] { replacements[index] }
+
+        /// Every node, bucket by bucket.
+        public var allNodes: [Node] { buckets.flatMap { $0 } }
+
+        /// The node with `id`, if present.
+        public func node(_ id: PeerID) -> Node? {
+            guard let b = bucketIndex(for: id) else { return nil }
+            return buckets[b].first { $0.id == id }
+        }
+
+        private func prefix(of node: Node) -> [UInt8]? {
+            guard let address = node.contact.address(for: .udp) ?? node.contact.addresses.first?.address else { return nil }
+            let bytes = address.ip.bytes
+            let bits: Int
+            if case .v4 = address.ip { bits = settings.ipv4PrefixBits } else { bits = settings.ipv6PrefixBits }
+            var out = Array(bytes.prefix((bits + 7) / 8))
+            if bits % 8 != 0, !out.isEmpty { out[out.count - 1] &= UInt8(0xff << (8 - bits % 8)) }
+            return out
+        }
+
+        /// Records that `node` was heard from at `now` (a request or a response).
+        public mutating func observe(_ node: Node) -> Observation {
+            guard let b = bucketIndex(for: node.id) else { return .isSelf }
+            if let i = buckets[b].firstIndex(where: { $0.id == node.id }) {
+                buckets[b].remove(at: i)
+                buckets[b].append(node)
+                return .refreshed
+            }
+            if let limit = settings.maxPerPrefixPerBucket, let p = prefix(of: node),
+               buckets[b].filter({ prefix(of: $0) == p }).count >= limit {
+                return .rejectedDiversity
+            }
+            if buckets[b].count < settings.k {
+                buckets[b].append(node)
+                replacements[b].removeAll { $0.id == node.id }
+                return .added
+            }
+            replacements[b].removeAll { $0.id == node.id }
+            replacements[b].append(node)
+            if replacements[b].count > settings.replacementCacheSize { replacements[b].removeFirst() }
+            return .bucketFull(leastRecentlySeen: buckets[b][0])
+        }
+
+        /// Removes a node that failed to answer; the most recently seen replacement, if any, takes
+        /// its place. Returns the replacement.
+        @discardableResult
+        public mutating func nodeFailed(_ id: PeerID) -> Node? {
+            guard let b = bucketIndex(for: id), let i = buckets[b].firstIndex(where: { $0.id == id }) else { return nil }
+            buckets[b].remove(at: i)
+            guard let replacement = replacements[b].popLast() else { return nil }
+            buckets[b].append(replacement)
+            return replacement
+        }
+
+        /// Up to `count` nodes closest to `target` by XOR distance, nearest first. A sort over the
+        /// whole table: it holds at most 256 * k nodes, and this is exact.
+        public func closest(to target: PeerID, count: Int) -> [Node] {
+            let ranked = allNodes.map { (distance: $0.id.distance(to: target), node: $0) }.sorted { $0.distance < $1.distance }
+            return ranked.prefix(count).map(\.node)
+        }
+
+        /// Indices of non-empty buckets not refreshed since `before` (their newest node is older).
+        public func staleBuckets(before: UInt64) -> [Int] {
+            buckets.indices.filter { !buckets[$0].isEmpty && buckets[$0].last!.lastSeen < before }
+        }
+    }
+}

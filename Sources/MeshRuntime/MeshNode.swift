@@ -71,6 +71,10 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
 
     /// True for the counters of dropped datagrams.
     public var isDrop: Bool { rawValue.hasPrefix("datagrams_dropped_") }
+
+    /// Position in `allCases`, looked up once rather than searched on every datagram.
+    private static let indices = Dictionary(uniqueKeysWithValues: allCases.enumerated().map { ($1, $0) })
+    var index: Int { Self.indices[self]! }
 }
 
 /// Why a node could not start or an operation failed.
@@ -336,7 +340,7 @@ public final class MeshNode: @unchecked Sendable {
     // MARK: Counters
 
     private func bump(_ counter: NodeCounter, by n: Int = 1) {
-        let i = NodeCounter.allCases.firstIndex(of: counter)!
+        let i = counter.index
         counts[i] += n
         metrics[i].increment(by: Int64(n))
     }

@@ -217,3 +217,53 @@ struct LookupTests {
         #expect(l.requestsSent == 4)
     }
 }
+
+@Suite("Kademlia instance")
+struct InstanceTests {
+    @Test("random IDs for a bucket land in that bucket")
+    func randomIDs() {
+        var rng = SeededGenerator(state: 21)
+        let me = makeNode(&rng, port: 1)
+        var instance = Kademlia.Instance(local: me.contact, seed: 5)
+        for b in [0, 1, 62, 63, 64, 127, 128, 191, 192, 200, 254, 255] {
+            for _ in 0..<20 { #expect(instance.table.bucketIndex(for: instance.randomID(inBucket: b)) == b) }
+        }
+    }
+
+    @Test("answers pings and FIND_NODE, never listing the asker; stray responses are ignored")
+    func answers() {
+        var rng = SeededGenerator(state: 22)
+        let me = makeNode(&rng, port: 1)
+        var s = Kademlia.Settings(); s.maxPerPrefixPerBucket = nil
+        var instance = Kademlia.Instance(local: me.contact, settings: s, seed: 6)
+        let asker = makeNode(&rng, port: 2)
+        let out = instance.onMessage(.init(requestID: 9, body: .ping), from: asker.contact, now: 100)
+        #expect(out == [.send(.init(requestID: 9, body: .pong), to: asker.contact)])
+        #expect(instance.table.node(asker.id) != nil, "a requester is learned")
+        let others = (0..<30).map { makeNode(&rng, port: UInt16(10 + $0)) }
+        for o in others { _ = instance.onMessage(.init(requestID: 1, body: .ping), from: o.contact, now: 100) }
+        let found = instance.onMessage(.init(requestID: 10, body: .findNode(target: asker.id)), from: asker.contact, now: 101)
+        guard case .send(let reply, _)? = found.last, case .nodes(let listed) = reply.body else { Issue.record("no nodes reply"); return }
+        #expect(reply.requestID == 10 && listed.count == 20)
+        #expect(!listed.contains { $0.peerID == asker.id })
+        #expect(instance.onMessage(.init(requestID: 12345, body: .pong), from: asker.contact, now: 102).isEmpty)
+    }
+
+    @Test("request timeouts follow the measured round-trip time, within bounds")
+    func timeouts() {
+        var rng = SeededGenerator(state: 23)
+        let me = makeNode(&rng, port: 1)
+        var s = Kademlia.Settings(); s.maxPerPrefixPerBucket = nil
+        var instance = Kademlia.Instance(local: me.contact, settings: s, seed: 7)
+        let peer = makeNode(&rng, port: 2)
+        #expect(instance.timeout(for: peer.id) == Kademlia.Instance.defaultTimeout)
+        var now: UInt64 = 1_000
+        for _ in 0..<20 {
+            let (_, out) = instance.bootstrap([peer.contact], now: now)
+            guard case .send(let m, _)? = out.first(where: { if case .send = $0 { true } else { false } }) else { Issue.record("nothing sent"); return }
+            now += 8
+            _ = instance.onMessage(.init(requestID: m.requestID, body: .nodes([])), from: peer.contact, now: now)
+        }
+        #expect(instance.timeout(for: peer.id) < 100 && instance.timeout(for: peer.id) >= Kademlia.Instance.minTimeout)
+    }
+}

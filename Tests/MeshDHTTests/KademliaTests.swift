@@ -121,7 +121,8 @@ struct RoutingTableTests {
 @Suite("Kademlia lookups")
 struct LookupTests {
     /// A static network: every node's table observed every other node (so buckets are full but
-    /// honest); a lookup asks the live ones through their `closest(to:)`.
+    /// honest); a lookup asks the live ones through their `closest(to:)`. The bare `Lookup` does
+    /// not know who asks, so here the asker can be part of the answer (`Instance` filters itself).
     struct Network {
         let nodes: [Kademlia.Node]
         let tables: [PeerID: Kademlia.RoutingTable]

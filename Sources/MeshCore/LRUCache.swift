@@ -1,6 +1,6 @@
 /// A bounded least-recently-used cache: O(1) lookup, insert and eviction.
 public struct LRUCache<Key: Hashable, Value> {
-    private struct Node {
+    struct Node {
         var key: Key
         var value: Value
         var prev: Int
@@ -79,3 +79,7 @@ public struct LRUCache<Key: Hashable, Value> {
         link(i)
     }
 }
+
+/// A cache of sendable keys and values is itself a plain value, safe to send.
+extension LRUCache: Sendable where Key: Sendable, Value: Sendable {}
+extension LRUCache.Node: Sendable where Key: Sendable, Value: Sendable {}

@@ -58,7 +58,10 @@ extension Kademlia {
         private var pending: [UInt64: Pending] = [:]
         private var lookups: [LookupID: Lookup] = [:]
         private var nextLookupID: LookupID = 1
-        private var rtt: [PeerID: (smoothed: Double, variance: Double)] = [:]
+        /// Round-trip estimates for the peers talked to most recently (bounded: a long-running
+        /// node meets far more peers than it needs to remember timings for).
+        private var rtt = LRUCache<PeerID, RoundTrip>(capacity: 4096)
+        private struct RoundTrip: Sendable { var smoothed: Double; var variance: Double }
         /// Nodes waiting for a full bucket's least recently seen node to answer a ping.
         private var evictionPings: [PeerID: UInt64] = [:]
         /// Requests sent and answered, for statistics.
@@ -88,16 +91,16 @@ extension Kademlia {
 
         /// The timeout for a request to `id`: smoothed RTT plus four deviations (RFC 6298), bounded.
         public func timeout(for id: PeerID) -> UInt64 {
-            guard let r = rtt[id] else { return Self.defaultTimeout }
+            guard let r = rtt.peek(id) else { return Self.defaultTimeout }
             return min(max(UInt64(r.smoothed + 4 * r.variance), Self.minTimeout), Self.maxTimeout)
         }
 
         private mutating func measured(_ id: PeerID, sample: Double) {
-            if let r = rtt[id] {
+            if let r = rtt.value(for: id) {
                 let variance = 0.75 * r.variance + 0.25 * abs(r.smoothed - sample)
-                rtt[id] = (0.875 * r.smoothed + 0.125 * sample, variance)
+                rtt.insert(RoundTrip(smoothed: 0.875 * r.smoothed + 0.125 * sample, variance: variance), for: id)
             } else {
-                rtt[id] = (sample, sample / 2)
+                rtt.insert(RoundTrip(smoothed: sample, variance: sample / 2), for: id)
             }
         }
 

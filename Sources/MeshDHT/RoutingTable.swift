@@ -136,11 +136,34 @@ public enum Kademlia {
             return replacement
         }
 
-        /// Up to `count` nodes closest to `target` by XOR distance, nearest first. A sort over the
-        /// whole table: it holds at most 256 * k nodes, and this is exact.
+        /// Up to `count` nodes closest to `target` by XOR distance, nearest first.
+        ///
+        /// Walks buckets instead of sorting the table. With p the bucket `target` falls in (the
+        /// highest bit where it differs from the local ID): bucket p's nodes are within 2^p of the
+        /// target; every node of buckets below p lies in [2^p, 2^(p+1)); a node of bucket j > p lies
+        /// in [2^j, 2^(j+1)). So: bucket p, then all buckets below p together, then p+1, p+2, ...,
+        /// each group sorted, stopping once `count` are collected.
         public func closest(to target: PeerID, count: Int) -> [Node] {
-            let ranked = allNodes.map { (distance: $0.id.distance(to: target), node: $0) }.sorted { $0.distance < $1.distance }
-            return ranked.prefix(count).map(\.node)
+            guard count > 0 else { return [] }
+            var out: [Node] = []
+            out.reserveCapacity(count)
+            func take(_ group: [Node]) {
+                let ranked = group.map { (distance: $0.id.distance(to: target), node: $0) }.sorted { $0.distance < $1.distance }
+                out.append(contentsOf: ranked.prefix(count - out.count).map(\.node))
+            }
+            guard let p = bucketIndex(for: target) else {
+                // The target is the local ID: nearer buckets first, each one a distance band.
+                for b in 0..<256 where out.count < count { take(buckets[b]) }
+                return out
+            }
+            take(buckets[p])
+            if out.count < count { take(buckets[0..<p].flatMap { $0 }) }
+            var b = p + 1
+            while out.count < count && b < 256 {
+                take(buckets[b])
+                b += 1
+            }
+            return out
         }
 
         /// Indices of non-empty buckets not refreshed since `before` (their newest node is older).

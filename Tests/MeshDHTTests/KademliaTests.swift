@@ -110,10 +110,15 @@ struct RoutingTableTests {
         let nodes = (0..<500).map { makeNode(&rng, port: UInt16(10 + $0)) }
         for n in nodes { _ = table.observe(n) }
         #expect(table.count == 500)
-        for _ in 0..<20 {
-            let target = makeNode(&rng, port: 9).id
-            let expected = nodes.sorted { $0.id.distance(to: target) < $1.id.distance(to: target) }.prefix(20).map(\.id)
-            #expect(table.closest(to: target, count: 20).map(\.id) == Array(expected))
+        // Random targets, targets next to a node, the local ID itself, and several counts.
+        var targets = (0..<20).map { _ in makeNode(&rng, port: 9).id }
+        targets += nodes.prefix(10).map { n in PeerID(words: (n.id.words.0, n.id.words.1, n.id.words.2, n.id.words.3 ^ 1)) }
+        targets.append(me.id)
+        for target in targets {
+            for count in [1, 20, 77, 600] {
+                let expected = nodes.sorted { $0.id.distance(to: target) < $1.id.distance(to: target) }.prefix(count).map(\.id)
+                #expect(table.closest(to: target, count: count).map(\.id) == Array(expected))
+            }
         }
     }
 }

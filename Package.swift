@@ -28,6 +28,8 @@ let package = Package(
         .target(name: "MeshCore", dependencies: ["MeshCrypto"], swiftSettings: strict),
         // Kademlia as pure state: routing table and iterative lookups (no sockets, injected time).
         .target(name: "MeshDHT", dependencies: ["MeshCore"], swiftSettings: strict),
+        // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
+        .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(
             name: "MeshRuntime",
@@ -49,7 +51,7 @@ let package = Package(
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
-        .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
+        .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",
             dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", .product(name: "InMemoryLogging", package: "swift-log")],

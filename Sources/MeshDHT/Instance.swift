@@ -63,7 +63,7 @@ extension Kademlia {
         private var rtt = LRUCache<PeerID, RoundTrip>(capacity: 4096)
         private struct RoundTrip: Sendable { var smoothed: Double; var variance: Double }
         /// Nodes waiting for a full bucket's least recently seen node to answer a ping.
-        private var evictionPings: [PeerID: UInt64] = [:]
+        private var evictionPings: Set<PeerID> = []
         /// Requests sent and answered, for statistics.
         public private(set) var requestsSent = 0
 
@@ -124,8 +124,8 @@ extension Kademlia {
         /// Learns about `contact`; a full bucket triggers a ping of its least recently seen node.
         private mutating func heard(from contact: Contact, now: UInt64) -> [Directive] {
             switch table.observe(Node(contact: contact, lastSeen: now)) {
-            case .bucketFull(let lrs) where evictionPings[lrs.id] == nil:
-                evictionPings[lrs.id] = now
+            case .bucketFull(let lrs) where !evictionPings.contains(lrs.id):
+                evictionPings.insert(lrs.id)
                 return request(.ping, to: lrs.contact, now: now, eviction: true)
             default:
                 return []
@@ -210,7 +210,7 @@ extension Kademlia {
             guard let p = pending[message.requestID], p.to.peerID == sender.peerID else { return [] }
             pending[message.requestID] = nil
             measured(sender.peerID, sample: Double(now >= p.sentAt ? now - p.sentAt : 0))
-            if p.isEvictionPing { evictionPings[sender.peerID] = nil }
+            if p.isEvictionPing { evictionPings.remove(sender.peerID) }
             var out = heard(from: sender, now: now)
             if let lookupID = p.lookup, var lookup = lookups[lookupID] {
                 var closer: [Node] = []
@@ -230,7 +230,7 @@ extension Kademlia {
             if p.attempt + 1 < Self.attempts {
                 return request(p.body, to: p.to, now: now, lookup: p.lookup, eviction: p.isEvictionPing, attempt: p.attempt + 1)
             }
-            if p.isEvictionPing { evictionPings[p.to.peerID] = nil }
+            if p.isEvictionPing { evictionPings.remove(p.to.peerID) }
             // A node that does not answer leaves the table; the newest waiting candidate takes its place.
             table.nodeFailed(p.to.peerID)
             guard let lookupID = p.lookup, var lookup = lookups[lookupID] else { return [] }

@@ -226,7 +226,6 @@ public final class MeshNode: @unchecked Sendable {
         let kind: Kind
         let target: SocketAddress
         let peer: PublicKey
-        let sentAt: UInt64
         let timer: LoopTimer?
         var cookieRetried = false
         let completion: (Result<DatagramMessage, NodeError>) -> Void
@@ -287,8 +286,7 @@ public final class MeshNode: @unchecked Sendable {
         }
         tcp = tcpListener
         udpAddress = udp.localAddress
-        guard case .tcp(let boundTCP) = tcp.endpoint else { preconditionFailure("TCP listener without TCP endpoint") }
-        tcpAddress = boundTCP
+        tcpAddress = tcp.tcpAddress!  // a listener bound to a TCP endpoint always has one
 
         var advertised = options.config.advertise
         if advertised.isEmpty {
@@ -439,8 +437,8 @@ public final class MeshNode: @unchecked Sendable {
             if request.kind == .ping { bump(.probeTimeouts) }
             request.completion(.failure(.timeout(address)))
         }
-        pending[nonce] = PendingRequest(kind: kind, target: address, peer: contact.publicKey, sentAt: EventLoop.monotonicNanoseconds(),
-                                        timer: timer, completion: completion)
+        pending[nonce] = PendingRequest(kind: kind, target: address, peer: contact.publicKey, timer: timer, completion: completion)
+        if kind == .ping { bump(.probesSent) }
         send(kind == .ping ? .ping(nonce: nonce) : .infoRequest(nonce: nonce), to: contact.publicKey, at: address)
     }
 
@@ -448,7 +446,6 @@ public final class MeshNode: @unchecked Sendable {
     public func probe(_ contact: Contact, timeout: Duration = .seconds(2),
                       _ completion: @escaping (Result<ProbeResult, NodeError>) -> Void) {
         let sentAt = EventLoop.monotonicNanoseconds()
-        bump(.probesSent)
         request(.ping, contact, timeout: timeout) { [self] result in
             completion(result.map { _ in
                 bump(.probeReplies)

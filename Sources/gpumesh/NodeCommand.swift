@@ -63,10 +63,7 @@ extension GPUMesh {
                 try printJSON(status)
             } else {
                 print("node \(status.peerID) running")
-                print("  contact  \(status.contact)")
-                print("  udp      \(status.udp)")
-                print("  tcp      \(status.tcp)")
-                print("  mesh     \(status.mesh)")
+                printEndpoints(status, indent: "  ")
                 print("  control  \(dir.controlSocket)")
                 print("stop with Ctrl-C or SIGTERM")
             }
@@ -98,10 +95,7 @@ extension GPUMesh {
                 try printJSON(status)
             } else {
                 print("peer ID  \(status.peerID)")
-                print("contact  \(status.contact)")
-                print("udp      \(status.udp)")
-                print("tcp      \(status.tcp)")
-                print("mesh     \(status.mesh)")
+                printEndpoints(status, indent: "")
                 print("uptime   \(String(format: "%.1f", status.uptimeSeconds)) s")
                 print("version  \(status.version)")
                 print("counters")
@@ -111,6 +105,15 @@ extension GPUMesh {
             }
         }
     }
+}
+
+/// Prints how a node is reached (contact, sockets, mesh), one field a line; `node` and
+/// `status` both show them.
+func printEndpoints(_ status: NodeStatus, indent: String) {
+    print("\(indent)contact  \(status.contact)")
+    print("\(indent)udp      \(status.udp)")
+    print("\(indent)tcp      \(status.tcp)")
+    print("\(indent)mesh     \(status.mesh)")
 }
 
 /// Asks the node running with `dir` for its status; nil when none answers.

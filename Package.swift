@@ -27,7 +27,7 @@ let package = Package(
         // Pure values: peer IDs, addresses, contact strings, config, JSON.
         .target(name: "MeshCore", dependencies: ["MeshCrypto"], swiftSettings: strict),
         // Kademlia as pure state: routing table and iterative lookups (no sockets, injected time).
-        .target(name: "MeshDHT", dependencies: ["MeshCore"], swiftSettings: strict),
+        .target(name: "MeshDHT", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
         .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.

@@ -31,6 +31,19 @@ public struct PeerID: Hashable, Comparable, Sendable, CustomStringConvertible {
         self.init(digest: bytes)
     }
 
+    /// Bit `i` counted from the least significant (0) to the most significant (255).
+    public func bit(_ i: Int) -> Bool {
+        precondition((0..<256).contains(i))
+        let word: UInt64
+        switch i / 64 {
+        case 3: word = words.0
+        case 2: word = words.1
+        case 1: word = words.2
+        default: word = words.3
+        }
+        return word >> UInt64(i % 64) & 1 == 1
+    }
+
     /// The 32 bytes, big-endian.
     public var bytes: [UInt8] {
         var out = [UInt8]()
@@ -70,7 +83,10 @@ public struct PeerID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// Big-endian numeric order.
     public static func < (a: PeerID, b: PeerID) -> Bool {
-        (a.words.0, a.words.1, a.words.2, a.words.3) < (b.words.0, b.words.1, b.words.2, b.words.3)
+        if a.words.0 != b.words.0 { return a.words.0 < b.words.0 }
+        if a.words.1 != b.words.1 { return a.words.1 < b.words.1 }
+        if a.words.2 != b.words.2 { return a.words.2 < b.words.2 }
+        return a.words.3 < b.words.3
     }
 
     /// Hashes all four words.

@@ -13,6 +13,7 @@ extension Kademlia {
         /// The tunables.
         public let settings: Settings
         private var candidates: [Candidate] = []  // sorted by distance to the target, nearest first
+        private var known: Set<PeerID> = []
         private var inFlight = 0
         /// Requests sent so far.
         public private(set) var requestsSent = 0
@@ -35,9 +36,15 @@ extension Kademlia {
         }
 
         private mutating func add(_ nodes: [Node], depth: Int) {
-            for node in nodes where !candidates.contains(where: { $0.node.id == node.id }) {
+            for node in nodes where known.insert(node.id).inserted {
                 let d = node.id.distance(to: target)
-                let i = candidates.firstIndex { d < $0.distance } ?? candidates.endIndex
+                // Binary search for the insertion point.
+                var lo = 0, hi = candidates.count
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if candidates[mid].distance < d { lo = mid + 1 } else { hi = mid }
+                }
+                let i = lo
                 candidates.insert(Candidate(node: node, distance: d, state: .waiting, depth: depth), at: i)
             }
         }

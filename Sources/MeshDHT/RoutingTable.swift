@@ -16,6 +16,22 @@ public enum Kademlia {
         public var ipv4PrefixBits = 24
         /// Prefix length for the diversity limit, IPv6 (a /48).
         public var ipv6PrefixBits = 48
+        /// Largest record value a storing node accepts (a record then fits one datagram).
+        public var maxValueBytes = 1000
+        /// Furthest ahead a record may expire (ms): 24 hours.
+        public var maxRecordLifetime: UInt64 = 24 * 3_600_000
+        /// Most publishers' records one key holds on a storing node.
+        public var maxRecordsPerKey = 64
+        /// Most records one publisher holds on a storing node.
+        public var maxRecordsPerPublisher = 32
+        /// Most records a storing node holds in all.
+        public var maxRecords = 16_384
+        /// How many storing nodes a read asks (nearest first, skipping those that fail).
+        public var readWidth = 3
+        /// Most pages a read takes from one storing node.
+        public var maxPagesPerNode = 16
+        /// A bucket not heard from for this long is refreshed by a lookup in it (ms).
+        public var bucketRefreshInterval: UInt64 = 15 * 60_000
         /// Makes the defaults.
         public init() {}
     }
@@ -60,6 +76,12 @@ public enum Kademlia {
         public let settings: Settings
         private var buckets: [[Node]] = Array(repeating: [], count: 256)
         private var replacements: [[Node]] = Array(repeating: [], count: 256)
+        /// Which buckets hold nodes: bit b of word b / 64 for bucket b (so walks skip empty ones).
+        private var occupied: [UInt64] = [0, 0, 0, 0]
+
+        private mutating func noteOccupancy(_ b: Int) {
+            if buckets[b].isEmpty { occupied[b / 64] &= ~(1 << UInt64(b % 64)) } else { occupied[b / 64] |= 1 << UInt64(b % 64) }
+        }
 
         /// An empty table for `localID`.
         public init(localID: PeerID, settings: Settings = Settings()) {
@@ -116,6 +138,7 @@ public enum Kademlia {
             }
             if buckets[b].count < settings.k {
                 buckets[b].append(node)
+                noteOccupancy(b)
                 replacements[b].removeAll { $0.id == node.id }
                 return .added
             }
@@ -131,6 +154,7 @@ public enum Kademlia {
         public mutating func nodeFailed(_ id: PeerID) -> Node? {
             guard let b = bucketIndex(for: id), let i = buckets[b].firstIndex(where: { $0.id == id }) else { return nil }
             buckets[b].remove(at: i)
+            defer { noteOccupancy(b) }
             guard let replacement = replacements[b].popLast() else { return nil }
             buckets[b].append(replacement)
             return replacement
@@ -138,33 +162,68 @@ public enum Kademlia {
 
         /// Up to `count` nodes closest to `target` by XOR distance, nearest first.
         ///
-        /// Walks buckets instead of sorting the table. With p the bucket `target` falls in (the
-        /// highest bit where it differs from the local ID): bucket p's nodes are within 2^p of the
-        /// target; every node of buckets below p lies in [2^p, 2^(p+1)); a node of bucket j > p lies
-        /// in [2^j, 2^(j+1)). So: bucket p, then all buckets below p together, then p+1, p+2, ...,
-        /// each group sorted, stopping once `count` are collected.
+        /// Walks buckets instead of sorting the table. Let D = target XOR local ID, with its
+        /// highest set bit at p (the bucket `target` falls in). A node of bucket j has its
+        /// distance to the local ID's highest bit at j, so its distance to the target is:
+        /// below 2^p for j = p; in [2^j, 2^(j+1)) for j > p; in [2^p, 2^(p+1)) for j < p, where
+        /// bit j of the distance is the complement of bit j of D, and higher bits equal D's. So
+        /// the buckets in distance order are: p; then those j < p with D's bit j set, highest
+        /// first; then those j < p with it clear, lowest first; then p+1, p+2, ... Each bucket
+        /// is sorted on its own (at most k nodes), and the walk stops once `count` are collected.
         public func closest(to target: PeerID, count: Int) -> [Node] {
             guard count > 0 else { return [] }
             var out: [Node] = []
             out.reserveCapacity(count)
-            func take(_ group: [Node]) {
-                let ranked = group.map { (distance: $0.id.distance(to: target), node: $0) }.sorted { $0.distance < $1.distance }
-                out.append(contentsOf: ranked.prefix(count - out.count).map(\.node))
+            func take(_ b: Int) {
+                let bucket = buckets[b]
+                guard !bucket.isEmpty, out.count < count else { return }
+                if bucket.count == 1 { out.append(bucket[0]); return }
+                var ranked = bucket.indices.map { Ranked(distance: bucket[$0].id.distance(to: target), index: $0) }
+                ranked.sort { $0.distance < $1.distance }
+                for r in ranked.prefix(count - out.count) { out.append(bucket[r.index]) }
+            }
+            // Occupied buckets as masks, word w covering buckets 64w..64w+63.
+            func ascending(_ mask: (Int) -> UInt64) {
+                for w in 0..<4 {
+                    var m = occupied[w] & mask(w)
+                    while m != 0 && out.count < count {
+                        take(w * 64 + m.trailingZeroBitCount)
+                        m &= m - 1
+                    }
+                }
             }
             guard let p = bucketIndex(for: target) else {
                 // The target is the local ID: nearer buckets first, each one a distance band.
-                for b in 0..<256 where out.count < count { take(buckets[b]) }
+                ascending { _ in .max }
                 return out
             }
-            take(buckets[p])
-            if out.count < count { take(buckets[0..<p].flatMap { $0 }) }
-            var b = p + 1
-            while out.count < count && b < 256 {
-                take(buckets[b])
-                b += 1
+            let d = localID.distance(to: target)
+            let dw = [d.words.3, d.words.2, d.words.1, d.words.0]  // dw[w] holds bits 64w..64w+63
+            func below(_ w: Int) -> UInt64 {  // buckets below p in word w
+                if p >= (w + 1) * 64 { return .max }
+                if p <= w * 64 { return 0 }
+                return (1 << UInt64(p - w * 64)) - 1
             }
+            func above(_ w: Int) -> UInt64 {  // buckets above p in word w
+                if p < w * 64 { return .max }
+                if p - w * 64 >= 63 { return 0 }
+                return ~((1 << UInt64(p - w * 64 + 1)) - 1)
+            }
+            take(p)
+            for w in stride(from: 3, through: 0, by: -1) {
+                var m = occupied[w] & dw[w] & below(w)
+                while m != 0 && out.count < count {
+                    let top = 63 - m.leadingZeroBitCount
+                    take(w * 64 + top)
+                    m &= ~(1 << UInt64(top))
+                }
+            }
+            ascending { w in ~dw[w] & below(w) }
+            ascending(above)
             return out
         }
+
+        private struct Ranked { var distance: PeerID; var index: Int }
 
         /// Indices of non-empty buckets not refreshed since `before` (their newest node is older).
         public func staleBuckets(before: UInt64) -> [Int] {

@@ -11,8 +11,11 @@ public struct SimulatedNetwork {
         case timeout(requestID: UInt64, at: PeerID)
     }
 
+    /// Where the virtual clock starts: a plausible Unix time in milliseconds, since records
+    /// carry absolute expiry times.
+    public static let epoch: UInt64 = 1_800_000_000_000
     /// The virtual clock, in milliseconds.
-    public private(set) var now: UInt64 = 0
+    public private(set) var now: UInt64 = SimulatedNetwork.epoch
     /// Every node, by ID.
     public private(set) var nodes: [PeerID: Kademlia.Instance] = [:]
     /// Every node's contact, in creation order (node 0 is the usual bootstrap peer).
@@ -31,6 +34,12 @@ public struct SimulatedNetwork {
     public private(set) var lost = 0
     /// Finished lookups, by the node that ran them.
     public private(set) var finished: [PeerID: [Kademlia.LookupID: (result: [Kademlia.Node], hops: Int)]] = [:]
+    /// Finished puts, by the node that ran them.
+    public private(set) var finishedPuts: [PeerID: [Kademlia.LookupID: Kademlia.PutOutcome]] = [:]
+    /// Finished gets, by the node that ran them.
+    public private(set) var finishedGets: [PeerID: [Kademlia.LookupID: Kademlia.GetOutcome]] = [:]
+    /// Every node's signing key (real Ed25519 keys, derived from the seed).
+    public private(set) var keys: [PeerID: SigningKey] = [:]
     /// The settings every node uses.
     public let settings: Kademlia.Settings
 
@@ -45,12 +54,20 @@ public struct SimulatedNetwork {
         if settings == nil { s.maxPerPrefixPerBucket = nil }
         self.settings = s
         for i in 0..<count {
-            let key = try! PublicKey(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })  // 32 bytes always fit
-            let port = UInt16(1000 + i % 60_000)
-            let contact = try! Contact(publicKey: key, addresses: [TransportAddress(.udp, SocketAddress(ip: .v4(127, 0, UInt8(i / 60_000), 1), port: port))])
-            contacts.append(contact)
-            nodes[contact.peerID] = Kademlia.Instance(local: contact, settings: s, seed: rng.next())
+            let contact = makeIdentity(index: i)
+            nodes[contact.peerID] = Kademlia.Instance(local: contact, settings: s, seed: rng.next(), signer: keys[contact.peerID]!)
         }
+    }
+
+    /// A key pair from the seeded generator and a loopback contact for node `index`.
+    private mutating func makeIdentity(index i: Int) -> Contact {
+        let seedBytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let signer = try! SigningKey(seed: SecretBytes(copying: seedBytes))  // 32 bytes are always a valid seed
+        let address = SocketAddress(ip: .v4(127, 0, UInt8(i / 60_000), 1), port: UInt16(1000 + i % 60_000))
+        let contact = try! Contact(publicKey: signer.publicKey, addresses: [TransportAddress(.udp, address)])  // one valid address
+        contacts.append(contact)
+        keys[contact.peerID] = signer
+        return contact
     }
 
     private mutating func push(_ event: Event, at time: UInt64) {
@@ -59,10 +76,14 @@ public struct SimulatedNetwork {
         var i = heap.count - 1
         while i > 0 {
             let parent = (i - 1) / 2
-            guard (heap[i].time, heap[i].seq) < (heap[parent].time, heap[parent].seq) else { break }
+            guard Self.before(heap[i], heap[parent]) else { break }
             heap.swapAt(i, parent)
             i = parent
         }
+    }
+
+    private static func before(_ a: (time: UInt64, seq: Int, event: Event), _ b: (time: UInt64, seq: Int, event: Event)) -> Bool {
+        a.time != b.time ? a.time < b.time : a.seq < b.seq
     }
 
     private mutating func pop() -> (time: UInt64, seq: Int, event: Event)? {
@@ -73,8 +94,8 @@ public struct SimulatedNetwork {
         while true {
             let l = 2 * i + 1, r = l + 1
             var m = i
-            if l < heap.count && (heap[l].time, heap[l].seq) < (heap[m].time, heap[m].seq) { m = l }
-            if r < heap.count && (heap[r].time, heap[r].seq) < (heap[m].time, heap[m].seq) { m = r }
+            if l < heap.count && Self.before(heap[l], heap[m]) { m = l }
+            if r < heap.count && Self.before(heap[r], heap[m]) { m = r }
             if m == i { break }
             heap.swapAt(i, m)
             i = m
@@ -87,7 +108,9 @@ public struct SimulatedNetwork {
         return ga != gb
     }
 
-    private mutating func apply(_ directives: [Kademlia.Directive], at node: Contact) {
+    private mutating func apply(_ directives: [Kademlia.Directive], at id: PeerID) {
+        guard !directives.isEmpty else { return }
+        let node = nodes[id]!.local
         for d in directives {
             switch d {
             case .send(let message, let to):
@@ -100,6 +123,10 @@ public struct SimulatedNetwork {
                 push(.timeout(requestID: id, at: node.peerID), at: deadline)
             case .lookupFinished(let id, let result, let hops, _):
                 finished[node.peerID, default: [:]][id] = (result, hops)
+            case .putFinished(let id, let outcome):
+                finishedPuts[node.peerID, default: [:]][id] = outcome
+            case .getFinished(let id, let outcome):
+                finishedGets[node.peerID, default: [:]][id] = outcome
             }
         }
     }
@@ -110,16 +137,16 @@ public struct SimulatedNetwork {
             now = max(now, time)
             switch event {
             case .deliver(let message, let from, let to):
-                guard !dead.contains(to), var node = nodes[to] else { continue }
+                guard !dead.contains(to), nodes[to] != nil else { continue }
                 delivered += 1
-                let out = node.onMessage(message, from: from, now: now)
-                nodes[to] = node
-                apply(out, at: node.local)
+                let t = now
+                let out = nodes[to]!.onMessage(message, from: from, now: t)  // mutated in place: no copy of the table
+                apply(out, at: to)
             case .timeout(let id, let at):
-                guard !dead.contains(at), var node = nodes[at] else { continue }
-                let out = node.onTimeout(requestID: id, now: now)
-                nodes[at] = node
-                apply(out, at: node.local)
+                guard !dead.contains(at), nodes[at] != nil else { continue }
+                let t = now
+                let out = nodes[at]!.onTimeout(requestID: id, now: t)
+                apply(out, at: at)
             }
         }
     }
@@ -127,10 +154,9 @@ public struct SimulatedNetwork {
     /// Every node but the first joins through node 0, one after another; then all refresh once.
     public mutating func joinAll() {
         for c in contacts.dropFirst() {
-            var node = nodes[c.peerID]!
-            let (_, out) = node.bootstrap([contacts[0]], now: now)
-            nodes[c.peerID] = node
-            apply(out, at: c)
+            let (t, seed) = (now, contacts[0])
+            let (_, out) = nodes[c.peerID]!.bootstrap([seed], now: t)
+            apply(out, at: c.peerID)
             run()
         }
         refreshAll()
@@ -139,22 +165,70 @@ public struct SimulatedNetwork {
     /// Every node refreshes its buckets (as it would periodically), then the network runs quiet.
     public mutating func refreshAll() {
         for c in contacts where !dead.contains(c.peerID) {
-            var node = nodes[c.peerID]!
-            let out = node.refresh(now: now)
-            nodes[c.peerID] = node
-            apply(out, at: c)
+            let t = now
+            let out = nodes[c.peerID]!.refresh(now: t)
+            apply(out, at: c.peerID)
         }
         run()
     }
 
     /// Runs one lookup for `target` from `start` to completion and returns its outcome.
     public mutating func lookup(_ target: PeerID, from start: PeerID) -> (result: [Kademlia.Node], hops: Int)? {
-        var node = nodes[start]!
-        let (id, out) = node.startLookup(target, now: now)
-        nodes[start] = node
-        apply(out, at: node.local)
+        let t = now
+        let (id, out) = nodes[start]!.startLookup(target, now: t)
+        apply(out, at: start)
         run()
         return finished[start]?[id]
+    }
+
+    /// Publishes `value` under `key` from node `publisher` and runs until the put finishes.
+    public mutating func publish(_ value: [UInt8], under key: PeerID, from publisher: PeerID,
+                                 lifetime: UInt64 = 3_600_000) throws -> Kademlia.PutOutcome? {
+        let t = now
+        let (id, out) = try nodes[publisher]!.publish(key: key, value: value, lifetime: lifetime, now: t)
+        apply(out, at: publisher)
+        run()
+        return finishedPuts[publisher]?[id]
+    }
+
+    /// Reads the records under `key` from node `reader`.
+    public mutating func get(_ key: PeerID, from reader: PeerID, limit: Int = 64) -> Kademlia.GetOutcome? {
+        let t = now
+        let (id, out) = nodes[reader]!.get(key: key, limit: limit, now: t)
+        apply(out, at: reader)
+        run()
+        return finishedGets[reader]?[id]
+    }
+
+    /// Hands one node's directives to the network (for tests that drive an instance directly).
+    public mutating func inject(_ directives: [Kademlia.Directive], from node: PeerID) {
+        apply(directives, at: node)
+        run()
+    }
+
+    /// Moves the clock forward by `milliseconds`, then lets every live node do its housekeeping
+    /// (`tick`) once, and runs until quiet.
+    public mutating func advance(by milliseconds: UInt64) {
+        now += milliseconds
+        for c in contacts where !dead.contains(c.peerID) {
+            let t = now
+            let out = nodes[c.peerID]!.tick(now: t)
+            apply(out, at: c.peerID)
+        }
+        run()
+    }
+
+    /// Adds one node and joins it through node 0; returns its ID.
+    @discardableResult
+    public mutating func addNode() -> PeerID {
+        let contact = makeIdentity(index: contacts.count)
+        var node = Kademlia.Instance(local: contact, settings: settings, seed: rng.next(), signer: keys[contact.peerID]!)
+        let seed = contacts.first { !dead.contains($0.peerID) && $0 != contact }.map { [$0] } ?? []
+        let (_, out) = node.bootstrap(seed, now: now)
+        nodes[contact.peerID] = node
+        apply(out, at: contact.peerID)
+        run()
+        return contact.peerID
     }
 
     /// How a batch of lookups compared with the brute-force answer.

@@ -34,7 +34,7 @@ let package = Package(
         .target(
             name: "MeshRuntime",
             dependencies: [
-                "CLibUV", "MeshCore", "MeshCrypto",
+                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",
-            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", .product(name: "InMemoryLogging", package: "swift-log")],
+            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", .product(name: "InMemoryLogging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]

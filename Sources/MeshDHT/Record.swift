@@ -195,3 +195,14 @@ extension Kademlia {
         }
     }
 }
+
+extension Kademlia {
+    /// Domain separation for keys derived from names.
+    public static let keyContext = Array("gpumesh/dht-key/v1:".utf8)
+
+    /// The DHT key for a human-readable name (`model/rtx-4090`, `hello`):
+    /// BLAKE2b-256 of `"gpumesh/dht-key/v1:"` followed by the name's UTF-8 bytes.
+    public static func key(named name: String) -> PeerID {
+        PeerID(digest: Blake2b.hash(keyContext + Array(name.utf8), outputLength: 32))!  // 32 bytes by construction
+    }
+}

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshCrypto
+import MeshDHT
 import Metrics
 
 /// What a node counts. Each counter is also reported to swift-metrics as
@@ -53,6 +54,14 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case channelHandshakesFailed = "channel_handshakes_failed"
     /// Control requests answered.
     case controlRequests = "control_requests"
+    /// DHT requests received and handed to the routing layer.
+    case dhtRequestsIn = "dht_requests_in"
+    /// DHT requests sent (retries included).
+    case dhtRequestsOut = "dht_requests_out"
+    /// DHT requests that got no answer in time.
+    case dhtTimeouts = "dht_timeouts"
+    /// DHT requests sent again with an address cookie.
+    case dhtCookieRetries = "dht_cookie_retries"
 
     /// The counter for a datagram dropped by the sealer.
     static func dropped(_ reason: DatagramSealer.Drop) -> NodeCounter {
@@ -93,6 +102,8 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
     case badAnswer(String)
     /// The node has stopped.
     case stopped
+    /// The request itself was refused (bad value, lifetime, ...).
+    case badRequest(String)
 
     /// A message for people.
     public var description: String {
@@ -105,6 +116,7 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
         case .noAddress(let t): return "the contact has no \(t.rawValue) address"
         case .badAnswer(let why): return "bad answer: \(why)"
         case .stopped: return "the node has stopped"
+        case .badRequest(let why): return why
         }
     }
 }
@@ -168,6 +180,11 @@ public final class MeshNode: @unchecked Sendable {
         public var datagramSettings = DatagramSealer.Settings()
         /// The logger (the node adds its peer ID as metadata).
         public var logger: Logger
+        /// Peers to join the DHT through (none: this node is the first of its mesh).
+        public var bootstrap: [Contact] = []
+        /// DHT tunables; nil takes the defaults, with the IP-prefix diversity limit off when the
+        /// node advertises a loopback address (a loopback testnet has one prefix).
+        public var dhtSettings: Kademlia.Settings?
 
         /// Makes options.
         public init(identity: SigningKey, config: NodeConfig, meshKey: MeshKey = .publicMesh,
@@ -217,6 +234,7 @@ public final class MeshNode: @unchecked Sendable {
     private let metrics: [Counter]
     private var pending: [UInt64: PendingRequest] = [:]
     private var stopped = false
+    var dht: DHTShell!
 
     /// How long an address stays proven after it returned a valid cookie (ms).
     static let proofLifetimeMilliseconds: UInt64 = 10 * 60_000
@@ -308,7 +326,15 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         controlSocketPath = options.controlSocketPath
+        var dhtSettings = options.dhtSettings ?? Kademlia.Settings()
+        if options.dhtSettings == nil, contact.address(for: .udp)?.ip.isLoopback == true { dhtSettings.maxPerPrefixPerBucket = nil }
+        let instance = Kademlia.Instance(local: contact, settings: dhtSettings, seed: SecureRandom.uint64(), signer: options.identity)
+        dht = DHTShell(instance: instance, loop: loop, tcpPort: contact.address(for: .tcp)?.port ?? 0, logger: logger,
+                       count: { [unowned self] in bump($0) },
+                       send: { [unowned self] body, peer, address, cookie in sendBody(body, to: peer, at: address, cookie: cookie) })
         try startServing()
+        try dht.start()
+        dht.join(through: options.bootstrap)
         logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)",
                                                "mesh": "\(meshKey.isPublicMesh ? "public" : meshKey.fingerprint)"])
     }
@@ -319,6 +345,7 @@ public final class MeshNode: @unchecked Sendable {
         control?.register("node.status") { [unowned self] _, reply in
             reply(Result { try self.statusJSON() }.mapError { .serverError("\($0)") })
         }
+        if let control { registerDHTControl(control) }
         control?.register("node.ping") { [unowned self] params, reply in
             guard let text = params?["contact"]?.stringValue, let contact = try? Contact(parsing: text) else {
                 reply(.failure(.invalidParams("expected {\"contact\": \"gpm1:...\"}")))
@@ -364,6 +391,10 @@ public final class MeshNode: @unchecked Sendable {
         case .success(let o):
             opened = o
         }
+        if let first = opened.body.first, Kademlia.Wire.isDHT(first) {
+            receivedDHT(opened, from: from)
+            return
+        }
         guard let message = DatagramMessage(decoding: opened.body) else {
             bump(.droppedMalformed)
             return
@@ -374,9 +405,7 @@ public final class MeshNode: @unchecked Sendable {
             send(.pong(nonce: nonce), to: opened.sender, at: from)
             bump(.probesAnswered)
         case .infoRequest(let nonce):
-            if let cookie = opened.cookie, cookies.verify(cookie, from: from) {
-                provenAddresses.insert(Self.wallClockMilliseconds() + Self.proofLifetimeMilliseconds, for: from)
-            }
+            if let cookie = opened.cookie, cookies.verify(cookie, from: from) { markProven(from) }
             if isProven(from) {
                 send(.infoReply(nonce: nonce, contact: contact.description), to: opened.sender, at: from)
                 bump(.infoAnswered)
@@ -395,6 +424,10 @@ public final class MeshNode: @unchecked Sendable {
             request.timer?.cancel()
             request.completion(.success(message))
         case .cookieChallenge(let nonce, let cookie):
+            if pending[nonce] == nil {
+                if !dht.challenged(nonce, cookie: cookie, from: opened.sender, at: from) { bump(.droppedUnsolicited) }
+                return
+            }
             guard var request = pending[nonce], request.kind == .info, request.target == from, request.peer == opened.sender,
                   !request.cookieRetried else {
                 bump(.droppedUnsolicited)
@@ -404,6 +437,32 @@ public final class MeshNode: @unchecked Sendable {
             pending[nonce] = request
             send(.infoRequest(nonce: nonce), to: request.peer, at: from, cookie: cookie)
         }
+    }
+
+    private func receivedDHT(_ opened: DatagramSealer.Opened, from: SocketAddress) {
+        guard let (message, tcpPort) = Kademlia.Wire.decode(opened.body),
+              let sender = Contact.fromEndpoint(publicKey: opened.sender, udp: from, tcpPort: tcpPort) else {
+            bump(.droppedMalformed)
+            return
+        }
+        if message.isResponse {
+            // It answered a request ID only the peer at that address could have read: proven.
+            if dht.response(message, from: sender, at: from) { markProven(from) } else { bump(.droppedUnsolicited) }
+            return
+        }
+        if let cookie = opened.cookie, cookies.verify(cookie, from: from) { markProven(from) }
+        let proven = isProven(from)
+        if !proven, Kademlia.Wire.amplifies(message.body) {
+            // The answer would be larger than the request: ask the sender to prove its address first.
+            send(.cookieChallenge(nonce: message.requestID, cookie: cookies.make(for: from)), to: opened.sender, at: from)
+            bump(.cookieChallengesSent)
+            return
+        }
+        dht.request(message, from: sender, proven: proven)
+    }
+
+    private func markProven(_ address: SocketAddress) {
+        provenAddresses.insert(Self.wallClockMilliseconds() + Self.proofLifetimeMilliseconds, for: address)
     }
 
     private func logMeshMismatchOnce(_ host: IPAddress, _ what: String) {
@@ -418,7 +477,11 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func send(_ message: DatagramMessage, to peer: PublicKey, at address: SocketAddress, cookie: [UInt8]? = nil) {
-        guard let datagram = sealer.seal(message.encoded(), to: peer, cookie: cookie), udp.send(datagram, to: address) else {
+        sendBody(message.encoded(), to: peer, at: address, cookie: cookie)
+    }
+
+    private func sendBody(_ body: [UInt8], to peer: PublicKey, at address: SocketAddress, cookie: [UInt8]?) {
+        guard let datagram = sealer.seal(body, to: peer, cookie: cookie), udp.send(datagram, to: address) else {
             bump(.datagramsSendFailed)
             return
         }
@@ -476,7 +539,7 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     /// Runs a loop-side operation from any thread and waits for its completion.
-    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (MeshNode, @escaping (Result<T, NodeError>) -> Void) -> Void) async throws -> T {
+    func onLoop<T: Sendable>(_ body: @escaping @Sendable (MeshNode, @escaping (Result<T, NodeError>) -> Void) -> Void) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
             let accepted = loop.execute { [self] in body(self) { continuation.resume(with: $0.mapError { $0 }) } }
             if !accepted { continuation.resume(throwing: NodeError.stopped) }
@@ -534,10 +597,7 @@ public final class MeshNode: @unchecked Sendable {
                           uptimeSeconds: (uptime * 1000).rounded() / 1000, version: GPUMeshVersion.current, counters: values)
     }
 
-    private func statusJSON() throws -> JSONValue {
-        let data = try JSONEncoder().encode(makeStatus())
-        return try JSONDecoder().decode(JSONValue.self, from: data)
-    }
+    private func statusJSON() throws -> JSONValue { try JSONValue(encoding: makeStatus()) }
 
     /// Stops the node: closes its sockets, removes the control socket, fails outstanding requests.
     public func stop() async {
@@ -549,6 +609,7 @@ public final class MeshNode: @unchecked Sendable {
         stopped = true
         control?.close()
         control = nil
+        dht.stop()
         udp.close()
         tcp.close()
         let waiting = pending

@@ -1,0 +1,104 @@
+import Foundation
+import InMemoryLogging
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshDHT
+@testable import MeshRuntime
+import Testing
+
+private func dhtOptions(bootstrap: [Contact] = [], logger: Logger = Logger(label: "test")) -> MeshNode.Options {
+    var config = NodeConfig()
+    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: logger)
+    o.bootstrap = bootstrap
+    return o
+}
+
+/// Polls `condition` every 50 ms until it holds or `seconds` pass.
+private func eventually(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
+@Suite("DHT over real sockets", .timeLimit(.minutes(3)))
+struct DHTNodeTests {
+    @Test("64 nodes on two shared loops join through one peer, find each other, and read a record put on one of them")
+    func sixtyFour() async throws {
+        let loops = try [EventLoop(name: "dht-a"), EventLoop(name: "dht-b")]
+        defer { loops.forEach { $0.shutdown() } }
+        let first = try await MeshNode.start(on: loops[0], options: dhtOptions())
+        var nodes = [first]
+        for i in 1..<64 { nodes.append(try await MeshNode.start(on: loops[i % 2], options: dhtOptions(bootstrap: [first.contact]))) }
+        let all = nodes
+        let joined = try await eventually(30) {
+            for n in all { if try await n.dhtSnapshot().joined == false { return false } }
+            return true
+        }
+        #expect(joined, "not every node joined")
+        // Every node finds another (its neighbour in the list) as the closest node to that node's ID.
+        var found = 0
+        for (i, n) in nodes.enumerated() {
+            let target = nodes[(i + 1) % nodes.count]
+            let r = try await n.lookup(target.peerID)
+            if r.closest.first?.peerID == target.peerID { found += 1 }
+            #expect(r.closest.count == 20)
+        }
+        #expect(found == 64, "\(found)/64 lookups found their target first")
+        // A record put on one node is read from every other.
+        let key = Kademlia.key(named: "model/rtx-4090")
+        let put = try await nodes[5].publish(key: key, value: Array("provider five".utf8))
+        #expect(put.stored == 20, "stored on \(put.stored)")
+        var read = 0
+        for (i, n) in nodes.enumerated() where i != 5 {
+            let got = try await n.get(key: key)
+            if got.records.count == 1, got.records[0].value == Array("provider five".utf8),
+               got.records[0].publisher == nodes[5].identity.publicKey { read += 1 }
+        }
+        #expect(read == 63, "read by \(read)/63")
+        // First contacts between peers went through address cookies; no request was left hanging.
+        var cookieRetries = 0, malformed = 0
+        for n in nodes {
+            let s = try await n.status()
+            cookieRetries += s.counters["dht_cookie_retries"] ?? 0
+            malformed += s.counters["datagrams_dropped_malformed"] ?? 0
+        }
+        #expect(cookieRetries > 0)
+        #expect(malformed == 0)
+        for n in nodes { await n.stop() }
+    }
+
+    @Test("a node whose bootstrap peers are unreachable keeps retrying with backoff, says so, and joins once one appears")
+    func unreachableBootstrap() async throws {
+        try await withLoop { loop in
+            let logging = InMemoryLogHandler()
+            let logger = Logger(label: "test") { _ in logging }
+            // A contact for a peer that does not exist yet: its port is closed.
+            let later = SigningKey()
+            let sock = try await loop.submit { try UDPSocket.bind(on: loop, to: loopback) }
+            let port = try await loop.submit { sock.localAddress.port }
+            try await loop.submit { sock.close() }
+            let absent = try Contact(publicKey: later.publicKey, addresses: [TransportAddress(.udp, SocketAddress(ip: .loopbackV4, port: port))])
+            let node = try await MeshNode.start(on: loop, options: dhtOptions(bootstrap: [absent], logger: logger))
+            let retried = try await eventually(20) { try await node.dhtSnapshot().joinAttempts >= 2 }
+            #expect(retried)
+            let snapshot = try await node.dhtSnapshot()
+            #expect(!snapshot.joined)
+            #expect(logging.entries.contains { $0.message.description.contains("no bootstrap peer answered") && $0.level == .warning })
+            // The peer comes up on that port; the next attempt joins.
+            var o = dhtOptions()
+            o.identity = later
+            o.config.udpListen = SocketAddress(ip: .loopbackV4, port: port)
+            let peer = try await MeshNode.start(on: loop, options: o)
+            let joined = try await eventually(20) { try await node.dhtSnapshot().joined }
+            #expect(joined)
+            await node.stop()
+            await peer.stop()
+        }
+    }
+}

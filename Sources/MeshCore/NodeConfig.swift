@@ -15,9 +15,17 @@ public struct NodeConfig: Sendable, Equatable {
     public var logLevel = "info"
     /// Path of the private mesh's key file; nil joins the public mesh.
     public var meshKeyFile: String?
+    /// Peers to join the DHT through.
+    public var bootstrap: [Contact] = []
+    /// A bootstrap-peers file (format: `Bootstrap/peers.example`), relative to the data directory.
+    public var peersFile: String?
+    /// Most routing-table entries per bucket from one IP prefix; nil: 2, or off when the node
+    /// advertises loopback; 0: off.
+    public var ipDiversityLimit: Int?
 
     /// The settings a node understands, as `table.key`.
-    public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file"]
+    public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file",
+                                                "dht.bootstrap", "dht.peers_file", "dht.ip_diversity_limit"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -44,6 +52,22 @@ public struct NodeConfig: Sendable, Equatable {
         if let path = try file.string("node.mesh_key_file") {
             guard !path.isEmpty else { throw ConfigFile.Error(line: file["node.mesh_key_file"]!.line, "mesh_key_file is empty") }
             meshKeyFile = path
+        }
+        if let list = try file.strings("dht.bootstrap") {
+            let line = file["dht.bootstrap"]!.line
+            bootstrap = []
+            for item in list {
+                do { bootstrap.append(try Contact(parsing: item)) }
+                catch { throw ConfigFile.Error(line: line, "bootstrap entry '\(item.prefix(24))...': \(error)") }
+            }
+        }
+        if let path = try file.string("dht.peers_file") {
+            guard !path.isEmpty else { throw ConfigFile.Error(line: file["dht.peers_file"]!.line, "peers_file is empty") }
+            peersFile = path
+        }
+        if let n = try file.integer("dht.ip_diversity_limit") {
+            guard (0...20).contains(n) else { throw ConfigFile.Error(line: file["dht.ip_diversity_limit"]!.line, "ip_diversity_limit must be 0 (off) to 20") }
+            ipDiversityLimit = n
         }
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
@@ -83,5 +107,34 @@ public struct NodeConfig: Sendable, Equatable {
     # Without it the node joins the public mesh. --mesh-key overrides this.
     # mesh_key_file = "mesh.key"
 
+    [dht]
+    # Peers to join through, as contact strings (`gpumesh id` prints a node's). --bootstrap adds more.
+    bootstrap = []
+
+    # A file of bootstrap peers, one contact per line (see Bootstrap/peers.example); relative
+    # paths are relative to the data directory. --peers-file overrides this.
+    # peers_file = "peers.txt"
+
+    # Most routing-table entries per bucket from one IP prefix (/24 for IPv4, /48 for IPv6),
+    # against one operator filling a table. 0 turns it off. Unset: 2, or off on loopback.
+    # ip_diversity_limit = 2
+
     """
+}
+
+/// The bootstrap-peers file: one contact string per line; blank lines and lines starting with
+/// `#` are ignored; anything after a contact's whitespace is a comment.
+public enum BootstrapPeers {
+    /// Parses the file's text; a malformed line is an error naming it.
+    public static func parse(_ text: String) throws(ConfigFile.Error) -> [Contact] {
+        var out: [Contact] = []
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.drop { $0 == " " || $0 == "\t" }
+            guard !line.isEmpty, !line.hasPrefix("#") else { continue }
+            let token = line.prefix { $0 != " " && $0 != "\t" && $0 != "\r" }
+            do { out.append(try Contact(parsing: token)) }
+            catch { throw ConfigFile.Error(line: i + 1, "\(error)") }
+        }
+        return out
+    }
 }

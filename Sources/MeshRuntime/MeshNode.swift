@@ -327,7 +327,13 @@ public final class MeshNode: @unchecked Sendable {
         }
         controlSocketPath = options.controlSocketPath
         var dhtSettings = options.dhtSettings ?? Kademlia.Settings()
-        if options.dhtSettings == nil, contact.address(for: .udp)?.ip.isLoopback == true { dhtSettings.maxPerPrefixPerBucket = nil }
+        if options.dhtSettings == nil {
+            if let n = options.config.ipDiversityLimit {
+                dhtSettings.maxPerPrefixPerBucket = n == 0 ? nil : n
+            } else if contact.address(for: .udp)?.ip.isLoopback == true {
+                dhtSettings.maxPerPrefixPerBucket = nil
+            }
+        }
         let instance = Kademlia.Instance(local: contact, settings: dhtSettings, seed: SecureRandom.uint64(), signer: options.identity)
         dht = DHTShell(instance: instance, loop: loop, tcpPort: contact.address(for: .tcp)?.port ?? 0, logger: logger,
                        count: { [unowned self] in bump($0) },

@@ -22,9 +22,16 @@ extension GPUMesh {
         @Option(help: ArgumentHelp("UDP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var udp: String?
         @Option(help: ArgumentHelp("TCP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var tcp: String?
         @Option(help: ArgumentHelp("Join the private mesh whose key is in this file (default: the public mesh).", valueName: "file")) var meshKey: String?
+        @Option(help: ArgumentHelp("Join the DHT through this peer (a contact string; repeatable).", valueName: "contact"))
+        var bootstrap: [String] = []
+        @Option(help: ArgumentHelp("Read bootstrap peers from this file, one contact a line (see Bootstrap/peers.example).", valueName: "file"))
+        var peersFile: String?
         @Flag(help: "Print the start-up status as one JSON line.") var json = false
 
         func validate() throws {
+            for b in bootstrap {
+                do { _ = try Contact(parsing: b) } catch { throw ValidationError("--bootstrap: \(error)") }
+            }
             for (flag, value) in [("--udp", udp), ("--tcp", tcp)] {
                 if let value {
                     do { _ = try SocketAddress(parsing: value) } catch { throw ValidationError("\(flag): \(error)") }
@@ -41,12 +48,21 @@ extension GPUMesh {
             let identity = try dir.loadIdentity()
             let mesh = try dir.loadMeshKey(flag: meshKey, config: config)
             let logger = Logger(label: "gpumesh.node")
+            var seeds = config.bootstrap + (try bootstrap.map { try Contact(parsing: $0) })
+            if let file = peersFile ?? config.peersFile {
+                let path = file.hasPrefix("/") ? file : (peersFile != nil ? file : dir.path + "/" + file)
+                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                    throw CLIError("cannot read the peers file \(path)")
+                }
+                do { seeds += try BootstrapPeers.parse(text) } catch { throw CLIError("\(path): \(error)") }
+            }
+            var options = MeshNode.Options(identity: identity, config: config, meshKey: mesh, controlSocketPath: dir.controlSocket, logger: logger)
+            options.bootstrap = seeds
 
             let loop = try EventLoop(name: "node")
             let node: MeshNode
             do {
-                node = try await MeshNode.start(on: loop, options: .init(identity: identity, config: config, meshKey: mesh,
-                                                                          controlSocketPath: dir.controlSocket, logger: logger))
+                node = try await MeshNode.start(on: loop, options: options)
             } catch {
                 loop.shutdown()
                 throw CLIError("\(error)")
@@ -65,6 +81,8 @@ extension GPUMesh {
                 print("node \(status.peerID) running")
                 printEndpoints(status, indent: "  ")
                 print("  control  \(dir.controlSocket)")
+                print(seeds.isEmpty ? "  dht      no bootstrap peers: waiting for others to join through this node"
+                                    : "  dht      joining through \(seeds.count) bootstrap peer\(seeds.count == 1 ? "" : "s")")
                 print("stop with Ctrl-C or SIGTERM")
             }
             flushOutput()
@@ -118,16 +136,11 @@ func printEndpoints(_ status: NodeStatus, indent: String) {
 
 /// Asks the node running with `dir` for its status; nil when none answers.
 func runningNodeStatus(_ dir: DataDirectory) async throws -> NodeStatus? {
-    guard FileManager.default.fileExists(atPath: dir.controlSocket) else { return nil }
-    let loop = try EventLoop(name: "client")
-    defer { loop.shutdown() }
     let result: JSONValue
     do {
-        result = try await ControlClient.call("node.status", socketPath: dir.controlSocket, on: loop, timeout: .seconds(5))
-    } catch .noNode {
+        result = try await callNode(dir, "node.status", timeout: .seconds(5))
+    } catch let error as CLIError where error.description == noNodeError(dir).description {
         return nil
-    } catch {
-        throw CLIError("\(error)")
     }
     do {
         return try JSONDecoder().decode(NodeStatus.self, from: JSONEncoder().encode(result))

@@ -246,6 +246,42 @@ struct CLITests {
         #expect(try run(["status", "--data-dir", dir]).status == 1)
     }
 
+    @Test("a node joins through a peers file; peers, dht put and dht get work through the control socket")
+    func dhtCommands() throws {
+        let a = try tempDataDir(), b = try tempDataDir()
+        #expect(try run(["init", "--data-dir", a]).status == 0)
+        #expect(try run(["init", "--data-dir", b]).status == 0)
+        let noNode = try run(["peers", "--data-dir", a])
+        #expect(noNode.status == 1 && noNode.stderr.contains("no node is running"))
+        let first = try Background(["node", "--data-dir", a, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json"])
+        defer { _ = first.stop() }
+        let contact = try #require(first.firstLine["contact"] as? String)
+        let peersFile = b + "/peers.txt"
+        try "# test mesh\n\n\(contact)   the first node\n".write(toFile: peersFile, atomically: true, encoding: .utf8)
+        let second = try Background(["node", "--data-dir", b, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--peers-file", peersFile])
+        defer { _ = second.stop() }
+        var joined = false
+        for _ in 0..<100 where !joined {
+            let p = try json(try run(["peers", "--data-dir", b, "--json"]).stdout)
+            joined = p["joined"] as? Bool == true && (p["peers"] as? [[String: Any]])?.count == 1
+            if !joined { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        #expect(joined)
+        let put = try run(["dht", "put", "--data-dir", b, "model/rtx-4090", "slot free", "--ttl", "120", "--json"])
+        #expect(put.status == 0, "\(put.stderr)")
+        #expect(try json(put.stdout)["stored"] as? Int == 1)
+        let get = try run(["dht", "get", "--data-dir", a, "model/rtx-4090", "--json"])
+        let records = try #require(try json(get.stdout)["records"] as? [[String: Any]])
+        #expect(records.count == 1 && records.first?["value"] as? String == "slot free")
+        #expect(records.first?["publisher_id"] as? String == second.firstLine["peer_id"] as? String)
+        let human = try run(["dht", "get", "--data-dir", a, "model/rtx-4090"])
+        #expect(human.stdout.contains("\"slot free\""))
+        let bad = try run(["dht", "get", "--data-dir", a, "--key-hex", "xyz"])
+        #expect(bad.status != 0 && bad.stderr.contains("64 hex digits"))
+        let badPeers = try run(["node", "--data-dir", a, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--bootstrap", "gpm1:zz@udp:1.2.3.4:5"])
+        #expect(badPeers.status != 0 && badPeers.stderr.contains("--bootstrap"))
+    }
+
     @Test("the demo runs a local mesh in which every peer reaches every other, and exits 0")
     func demo() throws {
         let r = try run(["demo", "--nodes", "6", "--json"], timeout: 120)

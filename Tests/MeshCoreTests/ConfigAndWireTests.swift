@@ -82,3 +82,29 @@ struct WireTests {
         #expect(decoded == .object(["a": .array([.int(1), .double(2.5), .string("s"), .bool(true), .null, .object([:])])]))
     }
 }
+
+@Suite("Bootstrap peers and DHT settings")
+struct BootstrapConfigTests {
+    @Test("Bootstrap/peers.example parses, and a bad line is reported by number")
+    func peersFile() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let text = try String(contentsOf: root.appendingPathComponent("Bootstrap/peers.example"), encoding: .utf8)
+        let peers = try BootstrapPeers.parse(text)
+        #expect(peers.count == 1)
+        #expect(peers[0].address(for: .udp)?.port == 7400)
+        #expect(throws: ConfigFile.Error.self) { try BootstrapPeers.parse("# ok\n\ngpm1:nothex@udp:1.2.3.4:5\n") }
+        do { _ = try BootstrapPeers.parse("# ok\n\ngpm1:nothex@udp:1.2.3.4:5\n") } catch { #expect(error.line == 3) }
+    }
+
+    @Test("the [dht] table: bootstrap contacts, peers file, diversity limit; bad values name their line")
+    func dhtTable() throws {
+        let c = "gpm1:" + String(repeating: "ab", count: 32) + "@udp:127.0.0.1:7400"
+        let config = try NodeConfig(parsing: "[dht]\nbootstrap = [\"\(c)\"]\npeers_file = \"p.txt\"\nip_diversity_limit = 0\n")
+        #expect(config.bootstrap.map(\.description) == [c])
+        #expect(config.peersFile == "p.txt" && config.ipDiversityLimit == 0)
+        #expect(throws: ConfigFile.Error.self) { try NodeConfig(parsing: "[dht]\n\nbootstrap = [\"gpm1:x\"]\n") }
+        #expect(throws: ConfigFile.Error.self) { try NodeConfig(parsing: "[dht]\nip_diversity_limit = 99\n") }
+        // The template init writes parses to the defaults.
+        #expect(try NodeConfig(parsing: NodeConfig.template) == NodeConfig())
+    }
+}

@@ -43,7 +43,7 @@ let package = Package(
         .executableTarget(
             name: "gpumesh",
             dependencies: [
-                "MeshRuntime", "MeshCore", "MeshCrypto",
+                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

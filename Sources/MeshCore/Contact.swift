@@ -49,9 +49,9 @@ public struct Contact: Hashable, Sendable, CustomStringConvertible {
     public init(publicKey: PublicKey, addresses: [TransportAddress]) throws(ParseError) {
         guard !addresses.isEmpty else { throw .noAddresses }
         guard addresses.count <= Self.maxAddresses else { throw .tooManyAddresses(addresses.count) }
-        var seen = Set<TransportAddress>()
-        for a in addresses {
-            guard seen.insert(a).inserted else { throw .duplicateAddress(a.description) }
+        for (i, a) in addresses.enumerated() {
+            // At most eight addresses: a linear scan beats hashing.
+            guard !addresses[..<i].contains(a) else { throw .duplicateAddress(a.description) }
             guard a.address.port != 0 else { throw .portZero(a.description) }
             guard !a.address.ip.isUnspecified else { throw .unspecifiedAddress(a.description) }
         }

@@ -253,7 +253,9 @@ extension Kademlia {
         /// and a node new to the table gets the records it should now hold.
         private mutating func heard(from contact: Contact, now: UInt64) -> [Directive] {
             switch table.observe(Node(contact: contact, lastSeen: now)) {
-            case .bucketFull(let lrs) where !evictionPings.contains(lrs.id):
+            case .bucketFull(let lrs) where !evictionPings.contains(lrs.id) && now >= lrs.lastSeen + settings.livenessWindow:
+                // A least recently seen node heard from within the liveness window is taken to be
+                // alive without asking; the newcomer waits in the replacement cache.
                 evictionPings.insert(lrs.id)
                 return request(.ping, to: lrs.contact, now: now, purpose: .eviction)
             case .added where store.count > 0:

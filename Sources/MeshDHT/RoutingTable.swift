@@ -30,6 +30,9 @@ public enum Kademlia {
         public var readWidth = 3
         /// Most pages a read takes from one storing node.
         public var maxPagesPerNode = 16
+        /// A full bucket's least recently seen node is pinged (to make room for a newcomer) only
+        /// if it has not been heard from for this long (ms); busy nodes are not pinged over and over.
+        public var livenessWindow: UInt64 = 60_000
         /// A bucket not heard from for this long is refreshed by a lookup in it (ms).
         public var bucketRefreshInterval: UInt64 = 15 * 60_000
         /// Makes the defaults.

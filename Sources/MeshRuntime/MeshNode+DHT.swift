@@ -91,6 +91,14 @@ extension MeshNode {
         _ = loop.execute { [self] in dht.join(through: seeds) }
     }
 
+    /// A cheap summary of the DHT (from any thread): joined, routing-table size, work in progress.
+    public func dhtState() async throws -> (joined: Bool, peers: Int, activeOperations: Int, pendingRequests: Int) {
+        try await loop.submit {
+            let i = self.dht.instance
+            return (self.dht.joined || self.dht.seeds.isEmpty, i.table.count, i.activeLookups, i.pendingRequests)
+        }
+    }
+
     /// The routing table and record counts (from any thread).
     public func dhtSnapshot() async throws -> DHTSnapshot {
         try await loop.submit { self.makeSnapshot() }

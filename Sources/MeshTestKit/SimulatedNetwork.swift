@@ -40,6 +40,9 @@ public struct SimulatedNetwork {
     public private(set) var finishedGets: [PeerID: [Kademlia.LookupID: Kademlia.GetOutcome]] = [:]
     /// Every node's signing key (real Ed25519 keys, derived from the seed).
     public private(set) var keys: [PeerID: SigningKey] = [:]
+    /// When the most recent lookup finished (virtual ms): `run()` goes on to later timeouts,
+    /// so a lookup's latency is this minus its start.
+    public private(set) var lastLookupFinishedAt: UInt64 = 0
     /// The settings every node uses.
     public let settings: Kademlia.Settings
 
@@ -123,6 +126,7 @@ public struct SimulatedNetwork {
                 push(.timeout(requestID: id, at: node.peerID), at: deadline)
             case .lookupFinished(let id, let result, let hops, _):
                 finished[node.peerID, default: [:]][id] = (result, hops)
+                lastLookupFinishedAt = now
             case .putFinished(let id, let outcome):
                 finishedPuts[node.peerID, default: [:]][id] = outcome
             case .getFinished(let id, let outcome):

@@ -1,0 +1,239 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshDHT
+import MeshRuntime
+import MeshTestKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Resident set size of this process in bytes (from /proc/self/statm).
+func residentBytes() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+    return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+/// CPU time (user + system) this process has used, in milliseconds.
+func processCPUMilliseconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    let user = Double(usage.ru_utime.tv_sec) * 1000 + Double(usage.ru_utime.tv_usec) / 1000
+    let system = Double(usage.ru_stime.tv_sec) * 1000 + Double(usage.ru_stime.tv_usec) / 1000
+    return user + system
+}
+
+/// The value at quantile `q` (0...1) of `values` (nearest rank).
+func percentile<T: Comparable>(_ values: [T], _ q: Double) -> T? {
+    guard !values.isEmpty else { return nil }
+    let sorted = values.sorted()
+    let rank = Int((q * Double(sorted.count)).rounded(.up)) - 1
+    return sorted[min(max(rank, 0), sorted.count - 1)]
+}
+
+extension GPUMesh {
+    /// `gpumesh bench dht`: lookups over real sealed UDP on loopback, or on the simulated network.
+    struct DHTBench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "dht",
+            abstract: "Start N DHT nodes on loopback (sharing a few loops), join them, and measure lookups.",
+            discussion: """
+            Every datagram is sealed (authenticated encryption). Each lookup asks a random node for the
+            ID of another random node; it succeeds when that node comes back first. --simulate runs
+            the same measure on the simulated network (virtual time: latency is simulated, 1-10 ms a message).
+            """)
+
+        @Option(help: "Nodes to start.") var nodes = 200
+        @Option(help: "Lookups to measure.") var lookups = 500
+        @Option(help: "Lookups run first, measured apart as the cold figures (first contact between peers costs an X25519 agreement on each side); default: as many as --lookups.")
+        var warmup: Int?
+        @Option(help: "Event loops the nodes share (threads).") var loops = 2
+        @Option(help: "Seed for the simulated network and the choice of lookups.") var seed: UInt64 = 1
+        @Flag(help: "Run on the simulated network instead of sockets.") var simulate = false
+        @Flag(help: "Print one JSON object.") var json = false
+
+        func validate() throws {
+            guard nodes >= 2 && nodes <= (simulate ? 100_000 : 5_000) else {
+                throw ValidationError("--nodes must be 2 to \(simulate ? 100_000 : 5_000)")
+            }
+            guard lookups >= 1 && lookups <= 100_000 else { throw ValidationError("--lookups must be 1 to 100000") }
+            guard loops >= 1 && loops <= 64 else { throw ValidationError("--loops must be 1 to 64") }
+        }
+
+        struct Figures {
+            var lookups = 0, successes = 0
+            var hops: [Int] = [], latencies: [Double] = []
+            var messages = 0
+            var cpuMilliseconds = 0.0
+            var rssBytes = 0
+            var joinSeconds = 0.0
+            var cold: Phase?
+        }
+
+        /// One measured run of lookups.
+        struct Phase {
+            var lookups = 0, successes = 0
+            var hops: [Int] = [], latencies: [Double] = []
+            var messages = 0
+            var cpuMilliseconds = 0.0
+
+            var figures: [String: JSONValue] {
+                let n = Double(max(lookups, 1))
+                return ["lookups": .int(lookups), "success_rate": .double((Double(successes) / n * 10_000).rounded() / 10_000),
+                        "latency_ms_p50": .double(((percentile(latencies, 0.5) ?? 0) * 1000).rounded() / 1000),
+                        "latency_ms_p99": .double(((percentile(latencies, 0.99) ?? 0) * 1000).rounded() / 1000),
+                        "messages_per_lookup": .double((Double(messages) / n * 10).rounded() / 10),
+                        "cpu_ms_per_lookup": .double((cpuMilliseconds / n * 1000).rounded() / 1000)]
+            }
+        }
+
+        func run() async throws {
+            bootstrapLogging(nil, default: "error")
+            let f = simulate ? runSimulated() : try await runReal()
+            let n = Double(max(f.lookups, 1))
+            func round(_ x: Double, _ places: Double = 1000) -> Double { (x * places).rounded() / places }
+            var result: [String: JSONValue] = [
+                "mode": .string(simulate ? "simulated" : "udp-loopback-sealed"),
+                "nodes": .int(nodes),
+                "loops": .int(simulate ? 0 : loops),
+                "lookups": .int(f.lookups),
+                "success_rate": .double(round(Double(f.successes) / n, 10_000)),
+                "hops_p50": .int(percentile(f.hops, 0.5) ?? 0),
+                "hops_p99": .int(percentile(f.hops, 0.99) ?? 0),
+                "latency_ms_p50": .double(round(percentile(f.latencies, 0.5) ?? 0)),
+                "latency_ms_p99": .double(round(percentile(f.latencies, 0.99) ?? 0)),
+                "messages_per_lookup": .double(round(Double(f.messages) / n, 10)),
+                "cpu_ms_per_lookup": .double(round(f.cpuMilliseconds / n)),
+                "rss_mib_per_node": .double(round(Double(f.rssBytes) / Double(nodes) / 1_048_576)),
+                "join_s": .double(round(f.joinSeconds, 100)),
+            ]
+            if let cold = f.cold { result["cold"] = .object(cold.figures) }
+            if json {
+                var out = result
+                #if DEBUG
+                out["build"] = .string("debug")
+                #else
+                out["build"] = .string("release")
+                #endif
+                out["cpu_cores"] = .int(ProcessInfo.processInfo.activeProcessorCount)
+                try printJSON(out)
+            } else {
+                print("\(nodes) nodes (\(simulate ? "simulated network" : "sealed UDP on loopback, \(loops) loops")), joined in \(String(format: "%.2f", f.joinSeconds)) s")
+                print("lookups            \(f.lookups), success rate \(String(format: "%.4f", Double(f.successes) / n))")
+                print("hops               p50 \(percentile(f.hops, 0.5) ?? 0), p99 \(percentile(f.hops, 0.99) ?? 0)")
+                print("latency            p50 \(String(format: "%.3f", percentile(f.latencies, 0.5) ?? 0.0)) ms, p99 \(String(format: "%.3f", percentile(f.latencies, 0.99) ?? 0.0)) ms\(simulate ? " (virtual)" : "")")
+                print("messages/lookup    \(String(format: "%.1f", Double(f.messages) / n))")
+                print("cpu/lookup         \(String(format: "%.3f", f.cpuMilliseconds / n)) ms")
+                print("memory/node        \(String(format: "%.3f", Double(f.rssBytes) / Double(nodes) / 1_048_576)) MiB")
+                if let cold = f.cold {
+                    let c = cold.figures
+                    print("cold (first \(cold.lookups) lookups, peers meeting for the first time): cpu/lookup \(c["cpu_ms_per_lookup"]!) ms, latency p99 \(c["latency_ms_p99"]!) ms, messages/lookup \(c["messages_per_lookup"]!)")
+                }
+            }
+        }
+
+        private func progress(_ text: String) {
+            guard !json, isatty(STDERR_FILENO) != 0 else { return }
+            FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+        }
+
+        private func runReal() async throws -> Figures {
+            var f = Figures()
+            let eventLoops = try (0..<loops).map { try EventLoop(name: "dht-\($0)") }
+            defer { eventLoops.forEach { $0.shutdown() } }
+            func options(_ bootstrap: [Contact]) -> MeshNode.Options {
+                var config = NodeConfig()
+                config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+                config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+                var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
+                o.bootstrap = bootstrap
+                return o
+            }
+            let rssBefore = residentBytes()
+            let joinStart = Date()
+            let first = try await MeshNode.start(on: eventLoops[0], options: options([]))
+            var all = [first]
+            for i in 1..<nodes {
+                all.append(try await MeshNode.start(on: eventLoops[i % loops], options: options([first.contact])))
+                if i % 50 == 0 { progress("starting nodes \(i)/\(nodes)") }
+            }
+            // Joined, and quiet: every join lookup and bucket refresh finished.
+            while true {
+                var joined = 0, busy = 0
+                for n in all {
+                    let s = try await n.dhtState()
+                    if s.joined { joined += 1 }
+                    busy += s.activeOperations
+                }
+                progress("joining: \(joined)/\(nodes) joined, \(busy) lookups running")
+                if joined == nodes && busy == 0 { break }
+                guard Date().timeIntervalSince(joinStart) < 300 else { throw CLIError("the nodes did not finish joining within 300 s") }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            f.joinSeconds = Date().timeIntervalSince(joinStart)
+            f.rssBytes = residentBytes() - rssBefore
+            func datagramsOut() async throws -> Int {
+                var total = 0
+                for n in all { total += try await n.status().counters["datagrams_out"] ?? 0 }
+                return total
+            }
+            var rng = SplitMix64(seed: seed)
+            func measure(_ count: Int, _ label: String) async throws -> Phase {
+                var p = Phase()
+                let sentBefore = try await datagramsOut()
+                let cpuBefore = processCPUMilliseconds()
+                for i in 0..<count {
+                    let from = all[Int(rng.next() % UInt64(nodes))]
+                    var target = all[Int(rng.next() % UInt64(nodes))]
+                    while target === from { target = all[Int(rng.next() % UInt64(nodes))] }
+                    let r = try await from.lookup(target.peerID)
+                    p.lookups += 1
+                    if r.closest.first?.peerID == target.peerID { p.successes += 1 }
+                    p.hops.append(r.hops)
+                    p.latencies.append(r.duration.milliseconds)
+                    if i % 100 == 0 { progress("\(label) lookups \(i)/\(count)") }
+                }
+                p.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
+                p.messages = try await datagramsOut() - sentBefore
+                return p
+            }
+            f.cold = try await measure(warmup ?? lookups, "cold")
+            let warm = try await measure(lookups, "measured")
+            (f.lookups, f.successes, f.hops, f.latencies, f.messages, f.cpuMilliseconds) =
+                (warm.lookups, warm.successes, warm.hops, warm.latencies, warm.messages, warm.cpuMilliseconds)
+            progress("")
+            for n in all { await n.stop() }
+            return f
+        }
+
+        private func runSimulated() -> Figures {
+            var f = Figures()
+            let rssBefore = residentBytes()
+            let joinStart = Date()
+            var net = SimulatedNetwork(count: nodes, seed: seed)
+            net.joinAll()
+            f.joinSeconds = Date().timeIntervalSince(joinStart)
+            f.rssBytes = residentBytes() - rssBefore
+            let deliveredBefore = net.delivered + net.lost
+            let cpuBefore = processCPUMilliseconds()
+            for _ in 0..<lookups {
+                let from = net.randomLive()
+                var target = net.randomLive()
+                while target == from { target = net.randomLive() }
+                let start = net.now
+                guard let r = net.lookup(target, from: from) else { continue }
+                f.lookups += 1
+                if r.result.first?.id == target { f.successes += 1 }
+                f.hops.append(r.hops)
+                f.latencies.append(Double(net.lastLookupFinishedAt - start))
+            }
+            f.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
+            f.messages = net.delivered + net.lost - deliveredBefore
+            return f
+        }
+    }
+}

@@ -22,10 +22,14 @@ public struct NodeConfig: Sendable, Equatable {
     /// Most routing-table entries per bucket from one IP prefix; nil: 2, or off when the node
     /// advertises loopback; 0: off.
     public var ipDiversityLimit: Int?
+    /// The mesh's ID puzzle difficulty (leading zero bits; 0: none). Every member must use the
+    /// same value; `gpumesh init --id-difficulty N` makes an identity that meets it.
+    public var idDifficulty = 0
 
     /// The settings a node understands, as `table.key`.
     public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file",
-                                                "dht.bootstrap", "dht.peers_file", "dht.ip_diversity_limit"]
+                                                "dht.bootstrap", "dht.peers_file", "dht.ip_diversity_limit",
+                                                "dht.id_difficulty"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -68,6 +72,10 @@ public struct NodeConfig: Sendable, Equatable {
         if let n = try file.integer("dht.ip_diversity_limit") {
             guard (0...20).contains(n) else { throw ConfigFile.Error(line: file["dht.ip_diversity_limit"]!.line, "ip_diversity_limit must be 0 (off) to 20") }
             ipDiversityLimit = n
+        }
+        if let n = try file.integer("dht.id_difficulty") {
+            guard (0...24).contains(n) else { throw ConfigFile.Error(line: file["dht.id_difficulty"]!.line, "id_difficulty must be 0 to 24") }
+            idDifficulty = n
         }
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
@@ -118,6 +126,11 @@ public struct NodeConfig: Sendable, Equatable {
     # Most routing-table entries per bucket from one IP prefix (/24 for IPv4, /48 for IPv6),
     # against one operator filling a table. 0 turns it off. Unset: 2, or off on loopback.
     # ip_diversity_limit = 2
+
+    # The mesh's ID puzzle (S/Kademlia): peer IDs must hash to this many leading zero bits, so
+    # minting IDs in bulk costs work. Every member of a mesh uses the same value; the public mesh
+    # uses 0. `gpumesh init --id-difficulty N` makes an identity that meets it.
+    id_difficulty = 0
 
     """
 }

@@ -31,6 +31,20 @@ public struct PeerID: Hashable, Comparable, Sendable, CustomStringConvertible {
         self.init(digest: bytes)
     }
 
+    /// Domain separation for the ID puzzle.
+    static let puzzleContext = Array("gpumesh/id-puzzle/v1".utf8)
+
+    /// The S/Kademlia static puzzle's score: leading zero bits of BLAKE2b-256 of
+    /// `"gpumesh/id-puzzle/v1"` followed by the ID. A mesh admits only IDs scoring at least its
+    /// difficulty, so minting many IDs (a Sybil attack, or aiming at one key) costs 2^difficulty
+    /// key generations each, while checking one costs a single hash.
+    public var puzzleBits: Int {
+        PeerID(digest: Blake2b.hash(Self.puzzleContext + bytes, outputLength: 32))!.leadingZeroBitCount  // 32 bytes by construction
+    }
+
+    /// True if the ID meets `difficulty`.
+    public func meetsPuzzle(_ difficulty: Int) -> Bool { difficulty <= 0 || puzzleBits >= difficulty }
+
     /// Bit `i` counted from the least significant (0) to the most significant (255).
     public func bit(_ i: Int) -> Bool {
         precondition((0..<256).contains(i))

@@ -252,6 +252,7 @@ extension Kademlia {
         /// Learns about `contact`; a full bucket triggers a ping of its least recently seen node,
         /// and a node new to the table gets the records it should now hold.
         private mutating func heard(from contact: Contact, now: UInt64) -> [Directive] {
+            guard contact.peerID.meetsPuzzle(settings.idDifficulty) else { return [] }
             switch table.observe(Node(contact: contact, lastSeen: now)) {
             case .bucketFull(let lrs) where !evictionPings.contains(lrs.id) && now >= lrs.lastSeen + settings.livenessWindow:
                 // A least recently seen node heard from within the liveness window is taken to be
@@ -514,6 +515,8 @@ extension Kademlia {
         /// answered but do not enter the routing table, so a spoofed source cannot plant entries.
         public mutating func onMessage(_ message: Message, from sender: Contact, now: UInt64, addressProven: Bool = true) -> [Directive] {
             guard sender.peerID != local.peerID else { return [] }
+            // An ID that fails the mesh's puzzle is not a member: no answer, no table entry.
+            guard sender.peerID.meetsPuzzle(settings.idDifficulty) else { return [] }
             if !message.isResponse {
                 var out = addressProven ? heard(from: sender, now: now) : []
                 let reply: Message.Body
@@ -544,7 +547,9 @@ extension Kademlia {
                 evictionPings.remove(sender.peerID)
             case (.lookup(let lookupID), .nodes(let contacts)):
                 guard var lookup = lookups[lookupID] else { break }
-                let closer = contacts.prefix(settings.k).filter { $0.peerID != local.peerID }.map { Node(contact: $0, lastSeen: now) }
+                let closer = contacts.prefix(settings.k)
+                    .filter { $0.peerID != local.peerID && $0.peerID.meetsPuzzle(settings.idDifficulty) }
+                    .map { Node(contact: $0, lastSeen: now) }
                 lookup.responded(sender.peerID, closer: closer)
                 lookups[lookupID] = lookup
                 out += drive(lookupID, now: now)

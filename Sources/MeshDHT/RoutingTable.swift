@@ -30,6 +30,8 @@ public enum Kademlia {
         public var readWidth = 3
         /// Most pages a read takes from one storing node.
         public var maxPagesPerNode = 16
+        /// The mesh's ID puzzle difficulty: peers whose IDs score lower are ignored (0: off).
+        public var idDifficulty = 0
         /// A full bucket's least recently seen node is pinged (to make room for a newcomer) only
         /// if it has not been heard from for this long (ms); busy nodes are not pinged over and over.
         public var livenessWindow: UInt64 = 60_000

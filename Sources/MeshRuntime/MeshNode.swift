@@ -102,6 +102,8 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
     case badAnswer(String)
     /// The node has stopped.
     case stopped
+    /// This node's own ID does not meet the mesh's ID puzzle.
+    case idPuzzle(bits: Int, difficulty: Int)
     /// The request itself was refused (bad value, lifetime, ...).
     case badRequest(String)
 
@@ -117,6 +119,8 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
         case .badAnswer(let why): return "bad answer: \(why)"
         case .stopped: return "the node has stopped"
         case .badRequest(let why): return why
+        case .idPuzzle(let bits, let d):
+            return "this identity's ID scores \(bits) puzzle bits but the mesh requires \(d): make one that meets it with `gpumesh init --id-difficulty \(d)` in a new data directory"
         }
     }
 }
@@ -327,6 +331,11 @@ public final class MeshNode: @unchecked Sendable {
         }
         controlSocketPath = options.controlSocketPath
         var dhtSettings = options.dhtSettings ?? Kademlia.Settings()
+        if options.dhtSettings == nil { dhtSettings.idDifficulty = options.config.idDifficulty }
+        guard id.meetsPuzzle(dhtSettings.idDifficulty) else {
+            udp.close(); tcp.close(); control?.close()
+            throw NodeError.idPuzzle(bits: id.puzzleBits, difficulty: dhtSettings.idDifficulty)
+        }
         if options.dhtSettings == nil {
             if let n = options.config.ipDiversityLimit {
                 dhtSettings.maxPerPrefixPerBucket = n == 0 ? nil : n

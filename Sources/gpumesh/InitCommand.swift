@@ -11,7 +11,13 @@ extension GPUMesh {
             discussion: "Never overwrites an existing key: an identity, once made, is this peer's name on the mesh.")
 
         @OptionGroup var common: CommonOptions
+        @Option(help: ArgumentHelp("Make an identity that meets this ID puzzle difficulty (leading zero bits, 0 to 24; about 2^N key generations).", valueName: "bits"))
+        var idDifficulty = 0
         @Flag(help: "Print the result as JSON.") var json = false
+
+        func validate() throws {
+            guard (0...24).contains(idDifficulty) else { throw ValidationError("--id-difficulty must be 0 to 24") }
+        }
 
         func run() async throws {
             let dir = common.directory
@@ -29,11 +35,17 @@ extension GPUMesh {
             if FileManager.default.fileExists(atPath: dir.keyFile) {
                 throw CLIError("\(dir.path) is already initialised: \(dir.keyFile) exists and is never overwritten (use another --data-dir for another identity)")
             }
-            let key = SigningKey()
+            var key = SigningKey()
+            var attempts = 1
+            while !PeerID(publicKey: key.publicKey).meetsPuzzle(idDifficulty) {
+                key = SigningKey()
+                attempts += 1
+            }
             do { try KeyFile.write(key, to: dir.keyFile) } catch { throw CLIError("\(error)") }
             var wroteConfig = false
             if !FileManager.default.fileExists(atPath: dir.configFile) {
-                guard FileManager.default.createFile(atPath: dir.configFile, contents: Data(NodeConfig.template.utf8),
+                let template = NodeConfig.template.replacingOccurrences(of: "id_difficulty = 0", with: "id_difficulty = \(idDifficulty)")
+                guard FileManager.default.createFile(atPath: dir.configFile, contents: Data(template.utf8),
                                                      attributes: [.posixPermissions: 0o600]) else {
                     throw CLIError("cannot write \(dir.configFile)")
                 }
@@ -42,10 +54,12 @@ extension GPUMesh {
             let id = PeerID(publicKey: key.publicKey)
             if json {
                 try printJSON(["data_dir": dir.path, "key_file": dir.keyFile, "config_file": dir.configFile,
-                               "peer_id": id.hex, "public_key": Hex.encode(key.publicKey.bytes)])
+                               "peer_id": id.hex, "public_key": Hex.encode(key.publicKey.bytes),
+                               "id_difficulty": String(idDifficulty), "key_generations": String(attempts)])
             } else {
                 print("initialised \(dir.path)")
                 print("  peer ID     \(id.hex)")
+                if idDifficulty > 0 { print("  ID puzzle   \(id.puzzleBits) bits (difficulty \(idDifficulty), \(attempts) key generations)") }
                 print("  key         \(dir.keyFile) (mode 0600; back it up, keep it secret)")
                 print("  config      \(dir.configFile)\(wroteConfig ? "" : " (kept the existing one)")")
                 print("next: gpumesh node --data-dir \(dir.path)")

@@ -282,6 +282,26 @@ struct CLITests {
         #expect(badPeers.status != 0 && badPeers.stderr.contains("--bootstrap"))
     }
 
+    @Test("init --id-difficulty makes an identity that meets the puzzle; a node whose ID misses its mesh's difficulty refuses to start")
+    func idPuzzle() throws {
+        let dir = try tempDataDir()
+        let made = try run(["init", "--data-dir", dir, "--id-difficulty", "6", "--json"])
+        #expect(made.status == 0, "\(made.stderr)")
+        let hex = try #require(try json(made.stdout)["peer_id"] as? String)
+        let id = try #require(PeerID(hex: hex))
+        #expect(id.puzzleBits >= 6)
+        #expect(try String(contentsOfFile: dir + "/config.toml", encoding: .utf8).contains("id_difficulty = 6"))
+        let plain = try tempDataDir()
+        #expect(try run(["init", "--data-dir", plain]).status == 0)
+        // Raise the plain identity's mesh to a difficulty it almost surely misses (1 in 2^20 meets it).
+        let config = try String(contentsOfFile: plain + "/config.toml", encoding: .utf8).replacingOccurrences(of: "id_difficulty = 0", with: "id_difficulty = 20")
+        try config.write(toFile: plain + "/config.toml", atomically: true, encoding: .utf8)
+        let refused = try run(["node", "--data-dir", plain, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0"])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("--id-difficulty 20"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: plain + "/node.sock"))
+    }
+
     @Test("the demo runs a local mesh in which every peer reaches every other, and exits 0")
     func demo() throws {
         let r = try run(["demo", "--nodes", "6", "--json"], timeout: 120)
@@ -417,5 +437,25 @@ struct CLITests {
         }
         #expect((s["tcp_loopback_mb_per_s"] as? Double ?? 0) > 0)
         #expect(r.stdout.split(separator: "\n").count == 1)
+    }
+}
+
+@Suite("gpumesh bench dht", .timeLimit(.minutes(3)))
+struct DHTBenchTests {
+    @Test("bench dht --json, over sockets and simulated, prints the issue's keys with sane values")
+    func benchDHT() throws {
+        for args in [["--nodes", "24", "--lookups", "30", "--warmup", "10"], ["--simulate", "--nodes", "60", "--lookups", "30"]] {
+            let r = try run(["bench", "dht", "--json"] + args, timeout: 150)
+            #expect(r.status == 0, "\(r.stderr)")
+            let s = try json(r.stdout)
+            #expect(s["nodes"] as? Int == Int(args[args.firstIndex(of: "--nodes")! + 1]))
+            #expect(s["lookups"] as? Int == 30)
+            #expect(s["success_rate"] as? Double == 1.0, "\(r.stdout)")
+            for key in ["hops_p50", "hops_p99"] { #expect((s[key] as? Int ?? 0) >= 1, "\(key)") }
+            for key in ["latency_ms_p50", "latency_ms_p99", "messages_per_lookup", "cpu_ms_per_lookup", "rss_mib_per_node"] {
+                #expect(s[key] is Double, "\(key)")
+            }
+            #expect((s["messages_per_lookup"] as? Double ?? 0) >= 2)
+        }
     }
 }

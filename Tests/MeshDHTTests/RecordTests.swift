@@ -162,3 +162,40 @@ struct DHTWireTests {
         #expect(decodedSomething > 0)  // mutations of non-structural bytes still decode
     }
 }
+
+@Suite("S/Kademlia ID puzzle")
+struct IDPuzzleTests {
+    /// The first test key from `start` whose ID meets (or, with `failing`, misses) `difficulty`.
+    func key(_ difficulty: Int, failing: Bool = false, from start: inout UInt8) -> SigningKey {
+        while true {
+            let k = testKey(start)
+            start &+= 1
+            if PeerID(publicKey: k.publicKey).meetsPuzzle(difficulty) != failing { return k }
+        }
+    }
+
+    @Test("a mesh with a difficulty ignores members whose IDs miss it: no answer, no table entry, filtered from replies")
+    func enforced() throws {
+        var settings = Kademlia.Settings()
+        settings.idDifficulty = 3
+        settings.maxPerPrefixPerBucket = nil
+        var n: UInt8 = 1
+        let me = key(3, from: &n), good = key(3, from: &n), bad = key(3, failing: true, from: &n)
+        #expect(PeerID(publicKey: good.publicKey).puzzleBits >= 3 && PeerID(publicKey: bad.publicKey).puzzleBits < 3)
+        let c = { (k: SigningKey, port: UInt16) in try! Contact(publicKey: k.publicKey, addresses: [TransportAddress(.udp, SocketAddress(ip: .loopbackV4, port: port))]) }
+        var node = Kademlia.Instance(local: c(me, 1), settings: settings, seed: 1)
+        #expect(node.onMessage(Kademlia.Message(requestID: 1, body: .ping), from: c(bad, 2), now: 10).isEmpty)
+        #expect(node.table.count == 0)
+        let answered = node.onMessage(Kademlia.Message(requestID: 2, body: .ping), from: c(good, 3), now: 10)
+        #expect(answered == [.send(Kademlia.Message(requestID: 2, body: .pong), to: c(good, 3))])
+        #expect(node.table.count == 1)
+        // A lookup's answer naming a failing ID does not bring it in.
+        let (_, out) = node.startLookup(PeerID(words: (7, 7, 7, 7)), now: 20)
+        guard case .send(let request, _)? = out.first else { Issue.record("no request"); return }
+        _ = node.onMessage(Kademlia.Message(requestID: request.requestID, body: .nodes([c(bad, 2)])), from: c(good, 3), now: 21)
+        #expect(node.table.allNodes.map(\.id) == [PeerID(publicKey: good.publicKey)])
+        #expect(node.pendingRequests == 0)
+        // Difficulty 0 admits every ID.
+        #expect(PeerID(publicKey: bad.publicKey).meetsPuzzle(0))
+    }
+}

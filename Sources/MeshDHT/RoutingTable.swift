@@ -28,8 +28,8 @@ public enum Kademlia {
         public var maxRecords = 16_384
         /// How many storing nodes a read asks (nearest first, skipping those that fail).
         public var readWidth = 3
-        /// Most pages a read takes from one storing node.
-        public var maxPagesPerNode = 16
+        /// Most pages a read takes from one storing node (enough for a full key at one record a page).
+        public var maxPagesPerNode = 64
         /// The mesh's ID puzzle difficulty: peers whose IDs score lower are ignored (0: off).
         public var idDifficulty = 0
         /// A full bucket's least recently seen node is pinged (to make room for a newcomer) only

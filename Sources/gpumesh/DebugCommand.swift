@@ -167,10 +167,10 @@ extension GPUMesh.Debug {
             let sorted = rtts.sorted()
             if json {
                 try printJSON(["peer_id": JSONValue.string(target.peerID.hex), "sent": .int(count), "answered": .int(rtts.count),
-                               "rtt_ms_min": .double(sorted.first ?? 0), "rtt_ms_p50": .double(percentile(sorted, 0.5)),
+                               "rtt_ms_min": .double(sorted.first ?? 0), "rtt_ms_p50": .double(percentile(sorted, 0.5) ?? 0),
                                "rtt_ms_max": .double(sorted.last ?? 0)])
             } else {
-                print("\(count) sent, \(rtts.count) answered" + (sorted.isEmpty ? "" : String(format: ", rtt min/p50/max %.3f/%.3f/%.3f ms", sorted.first!, percentile(sorted, 0.5), sorted.last!)))
+                print("\(count) sent, \(rtts.count) answered" + (sorted.isEmpty ? "" : String(format: ", rtt min/p50/max %.3f/%.3f/%.3f ms", sorted.first!, percentile(sorted, 0.5) ?? 0, sorted.last!)))
             }
             if rtts.isEmpty { throw ExitCode(1) }
         }

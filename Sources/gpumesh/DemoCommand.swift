@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeshCore
+import MeshDHT
 import MeshCrypto
 import MeshRuntime
 
@@ -109,6 +110,37 @@ extension GPUMesh {
                     problems.append("#\(i) -> #\(j) channel: \(error)")
                 }
             }
+            // The DHT: every peer joins through #0, #1 publishes a signed record, every other peer
+            // finds the nodes closest to its key and reads it back.
+            for p in peers.dropFirst() { p.join([contacts[0]]) }
+            var dhtJoined = 0
+            let joinDeadline = Date().addingTimeInterval(20)
+            while Date() < joinDeadline {
+                var joined = 0, busy = 0
+                for p in peers {
+                    let s = try await p.dhtState()
+                    if s.joined && (s.peers > 0 || nodes == 1) { joined += 1 }
+                    busy += s.activeOperations
+                }
+                dhtJoined = joined
+                if joined == nodes && busy == 0 { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            if dhtJoined < nodes { problems.append("dht: only \(dhtJoined)/\(nodes) peers joined") }
+            let key = Kademlia.key(named: "demo/hello")
+            var readers = 0
+            var lookupHops: [Int] = []
+            if nodes > 1 {
+                let put = try await peers[1].publish(key: key, value: Array("hello from #1".utf8), lifetime: .seconds(60))
+                if put.stored == 0 { problems.append("dht: no peer stored #1's record") }
+                for (i, p) in peers.enumerated() where i != 1 {
+                    let got = try await p.get(key: key)
+                    lookupHops.append(got.hops)
+                    if got.records.count == 1, got.records[0].value == Array("hello from #1".utf8),
+                       got.records[0].publisher == peers[1].identity.publicKey { readers += 1 }
+                    else { problems.append("#\(i) dht: did not read #1's record") }
+                }
+            }
             var totals: [String: Int] = [:]
             for p in peers {
                 for (name, value) in try await p.status().counters { totals[name, default: 0] += value }
@@ -120,7 +152,8 @@ extension GPUMesh {
                 peers: nodes, loops: loops, mesh: meshKey.fingerprint, probes: outcomes.count, probesAnswered: reached.reduce(0, +),
                 infoRequests: nodes, infoAnswered: infoOK.filter { $0 }.count,
                 channels: nodes, channelsVerified: channelOK.filter { $0 }.count,
-                rttMsP50: percentile(rtts, 0.5), rttMsP99: percentile(rtts, 0.99), rttMsMax: rtts.last ?? 0,
+                rttMsP50: percentile(rtts, 0.5) ?? 0, rttMsP99: percentile(rtts, 0.99) ?? 0, rttMsMax: rtts.last ?? 0,
+                dhtJoined: dhtJoined, dhtRecordReaders: readers, dhtLookupHopsMax: lookupHops.max() ?? 0,
                 seconds: Date().timeIntervalSince(started), counters: totals, problems: problems)
             if json {
                 try printJSON(summary)
@@ -137,6 +170,7 @@ extension GPUMesh {
                 let dropped = totals.filter { $0.key.hasPrefix("datagrams_dropped_") }.values.reduce(0, +)
                 print("datagrams: \(totals["datagrams_out"] ?? 0) sent, \(totals["datagrams_in"] ?? 0) received, \(dropped) dropped; \(totals["cookie_challenges_sent"] ?? 0) cookie challenges")
                 print("channels: \(summary.channelsVerified)/\(nodes) proved both identities and echoed")
+                print("dht: \(dhtJoined)/\(nodes) peers joined through #0; #1 signed a record under \"demo/hello\", \(readers)/\(max(nodes - 1, 0)) others read it back (at most \(summary.dhtLookupHopsMax) hop\(summary.dhtLookupHopsMax == 1 ? "" : "s"))")
                 for p in problems { print("problem: \(p)") }
                 print(String(format: "done in %.2f s; every peer stopped, nothing left running.", summary.seconds))
             }
@@ -159,6 +193,9 @@ struct DemoSummary: Encodable {
     var rttMsP50: Double
     var rttMsP99: Double
     var rttMsMax: Double
+    var dhtJoined: Int
+    var dhtRecordReaders: Int
+    var dhtLookupHopsMax: Int
     var seconds: Double
     var counters: [String: Int]
     var problems: [String]
@@ -166,16 +203,11 @@ struct DemoSummary: Encodable {
     enum CodingKeys: String, CodingKey {
         case peers, loops, mesh, probes, probesAnswered = "probes_answered", infoRequests = "info_requests"
         case infoAnswered = "info_answered", channels, channelsVerified = "channels_verified", rttMsP50 = "rtt_ms_p50", rttMsP99 = "rtt_ms_p99", rttMsMax = "rtt_ms_max"
+        case dhtJoined = "dht_joined", dhtRecordReaders = "dht_record_readers", dhtLookupHopsMax = "dht_lookup_hops_max"
         case seconds, counters, problems
     }
 }
 
-/// The `q` quantile (0...1) of sorted values, nearest rank; 0 for none.
-func percentile(_ sorted: [Double], _ q: Double) -> Double {
-    guard !sorted.isEmpty else { return 0 }
-    let rank = Int((q * Double(sorted.count)).rounded(.up)) - 1
-    return sorted[min(max(rank, 0), sorted.count - 1)]
-}
 
 extension Result where Failure == Error {
     /// Captures an async throwing call's outcome.

@@ -123,7 +123,7 @@ struct CLITests {
         #expect(FileManager.default.isExecutableFile(atPath: gpumeshBinary), "build it first: swift build")
         let r = try run(["--help"])
         #expect(r.status == 0)
-        for sub in ["init", "id", "node", "status", "mesh-key", "demo", "debug", "bench"] { #expect(r.stdout.contains(sub)) }
+        for sub in ["init", "id", "node", "status", "peers", "dht", "mesh-key", "demo", "debug", "bench"] { #expect(r.stdout.contains(sub)) }
         #expect(try run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == GPUMeshVersion.current)
     }
 
@@ -312,12 +312,15 @@ struct CLITests {
         #expect(s["probes_answered"] as? Int == 30)
         #expect(s["info_answered"] as? Int == 6)
         #expect(s["channels_verified"] as? Int == 6)
+        #expect(s["dht_joined"] as? Int == 6)
+        #expect(s["dht_record_readers"] as? Int == 5)
         #expect((s["mesh"] as? String)?.count == 16, "a fresh private mesh")
         #expect((s["problems"] as? [Any])?.isEmpty == true)
         let text = try run(["demo", "--nodes", "3"], timeout: 120)
         #expect(text.status == 0)
         #expect(text.stdout.contains("reached 2/2 peers"))
         #expect(text.stdout.contains("proved its identity and echoed"))
+        #expect(text.stdout.contains("2/2 others read it back"))
         #expect(try run(["demo", "--nodes", "1"]).status != 0)
     }
 

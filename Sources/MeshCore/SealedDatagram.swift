@@ -98,7 +98,8 @@ public final class DatagramSealer {
     /// The symmetric key shared with `peer` (cached).
     private func key(for peer: PublicKey) -> SecretBytes? {
         if let k = keys.value(for: peer) { return k }
-        guard let theirs = try? peer.x25519(), let shared = try? staticKey.sharedSecret(with: theirs) else { return nil }
+        // The direct map (no subgroup check) is enough to derive a shared key; see `x25519ForAgreement`.
+        guard let theirs = peer.x25519ForAgreement(), let shared = try? staticKey.sharedSecret(with: theirs) else { return nil }
         let (lo, hi) = publicKey.bytes.lexicographicallyPrecedes(peer.bytes) ? (publicKey.bytes, peer.bytes) : (peer.bytes, publicKey.bytes)
         let h = Blake2b.Hasher(outputLength: 32, key: meshKey.secret)
         h.update(Self.keyContext)

@@ -118,3 +118,31 @@ struct KeyFileTests {
         #expect { try KeyFile.read(from: path) } throws: { ($0 as? KeyFile.Failure)?.description.contains("missing header") == true }
     }
 }
+
+@Suite("Ed25519 to X25519 for key agreement")
+struct FastConversionTests {
+    @Test("the direct map equals libsodium's conversion for 500 random identities")
+    func matchesLibsodium() throws {
+        for _ in 0..<500 {
+            let pk = SigningKey().publicKey
+            #expect(pk.x25519ForAgreement() == (try pk.x25519()))
+        }
+    }
+
+    @Test("non-canonical y and the identity point (y = 1) are refused; low-order results fail the agreement")
+    func refusals() throws {
+        // y = p (non-canonical encoding of 0).
+        var p = [UInt8](repeating: 0xFF, count: 32)
+        p[0] = 0xED
+        p[31] = 0x7F
+        #expect(try PublicKey(bytes: p).x25519ForAgreement() == nil)
+        var one = [UInt8](repeating: 0, count: 32)
+        one[0] = 1
+        #expect(try PublicKey(bytes: one).x25519ForAgreement() == nil)
+        // y = 0 maps to u = 1, a low-order point: the agreement refuses it.
+        let zero = try PublicKey(bytes: [UInt8](repeating: 0, count: 32))
+        let u = try #require(zero.x25519ForAgreement())
+        #expect(u == [1] + [UInt8](repeating: 0, count: 31))
+        #expect(throws: CryptoError.self) { try X25519KeyPair().sharedSecret(with: u) }
+    }
+}

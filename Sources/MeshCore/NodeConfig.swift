@@ -25,11 +25,13 @@ public struct NodeConfig: Sendable, Equatable {
     /// The mesh's ID puzzle difficulty (leading zero bits; 0: none). Every member must use the
     /// same value; `gpumesh init --id-difficulty N` makes an identity that meets it.
     public var idDifficulty = 0
+    /// Disjoint paths per DHT lookup (S/Kademlia's d; 1: plain Kademlia).
+    public var disjointPaths = 1
 
     /// The settings a node understands, as `table.key`.
     public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file",
                                                 "dht.bootstrap", "dht.peers_file", "dht.ip_diversity_limit",
-                                                "dht.id_difficulty"]
+                                                "dht.id_difficulty", "dht.disjoint_paths"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -76,6 +78,10 @@ public struct NodeConfig: Sendable, Equatable {
         if let n = try file.integer("dht.id_difficulty") {
             guard (0...24).contains(n) else { throw ConfigFile.Error(line: file["dht.id_difficulty"]!.line, "id_difficulty must be 0 to 24") }
             idDifficulty = n
+        }
+        if let n = try file.integer("dht.disjoint_paths") {
+            guard (1...8).contains(n) else { throw ConfigFile.Error(line: file["dht.disjoint_paths"]!.line, "disjoint_paths must be 1 to 8") }
+            disjointPaths = n
         }
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
@@ -131,6 +137,10 @@ public struct NodeConfig: Sendable, Equatable {
     # minting IDs in bulk costs work. Every member of a mesh uses the same value; the public mesh
     # uses 0. `gpumesh init --id-difficulty N` makes an identity that meets it.
     id_difficulty = 0
+
+    # Lookups over this many disjoint paths (S/Kademlia): no node is asked by two paths, and reads
+    # try each path's closest nodes, so a few lying peers cannot hide a key. 1: plain Kademlia.
+    disjoint_paths = 1
 
     """
 }

@@ -136,6 +136,9 @@ extension Kademlia {
         private var rng: SplitMix64
         private var pending: [UInt64: Pending] = [:]
         private var lookups: [LookupID: Lookup] = [:]
+        /// Disjoint-path lookups: the group each path belongs to, and the groups by their ID.
+        private var pathGroup: [LookupID: LookupID] = [:]
+        private var groups: [LookupID: DisjointGroup] = [:]
         private var operations: [LookupID: Operation] = [:]
         private var puts: [LookupID: PutState] = [:]
         private var gets: [LookupID: GetState] = [:]
@@ -184,6 +187,17 @@ extension Kademlia {
             var inFlight = 0
             var pages: [PeerID: Int] = [:]
             var found: [PublicKey: Record] = [:]
+        }
+
+        /// A lookup run as d disjoint paths (S/Kademlia): no node is asked by two paths, so one
+        /// adversary steering a path cannot capture the others; the result merges them.
+        private struct DisjointGroup: Sendable {
+            let target: PeerID
+            var running: Set<LookupID>
+            var claimedBy: [PeerID: LookupID] = [:]
+            var perPath: [LookupID: [Node]] = [:]
+            var hops = 0
+            var requests = 0
         }
 
         private struct Published: Sendable {
@@ -327,12 +341,75 @@ extension Kademlia {
             return out
         }
 
-        /// Starts an iterative lookup for the k nodes closest to `target`.
+        /// Starts an iterative lookup for the k nodes closest to `target` (over
+        /// `settings.disjointPaths` disjoint paths when that is above 1).
         public mutating func startLookup(_ target: PeerID, now: UInt64) -> (LookupID, [Directive]) {
             let id = nextLookupID
             nextLookupID += 1
-            lookups[id] = Lookup(target: target, seeds: table.closest(to: target, count: settings.k), settings: settings)
-            return (id, drive(id, now: now))
+            let seeds = table.closest(to: target, count: settings.k)
+            let d = settings.disjointPaths
+            guard d > 1, seeds.count >= d else {
+                lookups[id] = Lookup(target: target, seeds: seeds, settings: settings)
+                return (id, drive(id, now: now))
+            }
+            // The seeds are dealt out round-robin, each path starting from its share.
+            var group = DisjointGroup(target: target, running: [])
+            var paths: [LookupID] = []
+            for p in 0..<d {
+                let pathID = nextLookupID
+                nextLookupID += 1
+                let share = stride(from: p, to: seeds.count, by: d).map { seeds[$0] }
+                for n in share { group.claimedBy[n.id] = pathID }
+                lookups[pathID] = Lookup(target: target, seeds: share, settings: settings)
+                pathGroup[pathID] = id
+                group.running.insert(pathID)
+                paths.append(pathID)
+            }
+            groups[id] = group
+            var out: [Directive] = []
+            for pathID in paths { out += drive(pathID, now: now) }
+            return (id, out)
+        }
+
+        /// A path of a disjoint lookup finished: merge it; when all have, finish the group.
+        private mutating func pathDone(_ pathID: LookupID, _ lookup: Lookup, now: UInt64) -> [Directive] {
+            guard let groupID = pathGroup.removeValue(forKey: pathID), var group = groups[groupID] else { return [] }
+            group.running.remove(pathID)
+            group.perPath[pathID] = lookup.result
+            group.hops = max(group.hops, lookup.hops)
+            group.requests += lookup.requestsSent
+            guard group.running.isEmpty else {
+                groups[groupID] = group
+                return []
+            }
+            groups[groupID] = nil
+            let target = group.target
+            let merged: [Node]
+            if case .get? = operations[groupID] {
+                // A read goes to each path's closest nodes in turn, so one clean path suffices.
+                let paths = group.perPath.keys.sorted().map { group.perPath[$0]! }
+                var interleaved: [Node] = []
+                for rank in 0..<(paths.map(\.count).max() ?? 0) {
+                    for p in paths where rank < p.count { interleaved.append(p[rank]) }
+                }
+                merged = interleaved
+            } else {
+                merged = Array(group.perPath.values.joined().sorted { $0.id.distance(to: target) < $1.id.distance(to: target) }.prefix(settings.k))
+            }
+            return lookupDone(groupID, result: merged, hops: group.hops, requests: group.requests, now: now)
+        }
+
+        /// Keeps a disjoint path's new candidates to nodes no other path of its group has claimed.
+        private mutating func disjoint(_ nodes: [Node], for pathID: LookupID) -> [Node] {
+            guard let groupID = pathGroup[pathID], var group = groups[groupID] else { return nodes }
+            var kept: [Node] = []
+            for n in nodes {
+                if let owner = group.claimedBy[n.id], owner != pathID { continue }
+                group.claimedBy[n.id] = pathID
+                kept.append(n)
+            }
+            groups[groupID] = group
+            return kept
         }
 
         // MARK: Records
@@ -376,21 +453,21 @@ extension Kademlia {
             return startLookup(target, now: now)
         }
 
-        private mutating func lookupDone(_ id: LookupID, _ lookup: Lookup, now: UInt64) -> [Directive] {
+        private mutating func lookupDone(_ id: LookupID, result: [Node], hops: Int, requests: Int, now: UInt64) -> [Directive] {
             guard let op = operations.removeValue(forKey: id) else {
-                return [.lookupFinished(id, result: lookup.result, hops: lookup.hops, requests: lookup.requestsSent)]
+                return [.lookupFinished(id, result: result, hops: hops, requests: requests)]
             }
             switch op {
             case .put(let record):
-                let targets = lookup.result
-                puts[id] = PutState(outcome: PutOutcome(key: record.key, hops: lookup.hops, requests: lookup.requestsSent),
+                let targets = result
+                puts[id] = PutState(outcome: PutOutcome(key: record.key, hops: hops, requests: requests),
                                     outstanding: targets.count)
                 var out: [Directive] = []
                 for node in targets { out += request(.store(record), to: node.contact, now: now, purpose: .store(id)) }
                 return out + finishPutIfDone(id)
             case .get(let key, let limit):
-                var state = GetState(outcome: GetOutcome(key: key, hops: lookup.hops, requests: lookup.requestsSent),
-                                     limit: limit, nodes: lookup.result)
+                var state = GetState(outcome: GetOutcome(key: key, hops: hops, requests: requests),
+                                     limit: limit, nodes: result)
                 for r in store.records(for: key, now: now) { state.found[r.publisher] = r }
                 gets[id] = state
                 return pumpGet(id, now: now)
@@ -406,7 +483,8 @@ extension Kademlia {
         private mutating func pumpGet(_ id: LookupID, now: UInt64) -> [Directive] {
             guard var state = gets[id] else { return [] }
             var out: [Directive] = []
-            while state.inFlight < settings.alpha, state.outcome.responders + state.inFlight < settings.readWidth,
+            let width = max(settings.readWidth, settings.disjointPaths)  // at least one reader per path
+            while state.inFlight < settings.alpha, state.outcome.responders + state.inFlight < width,
                   state.next < state.nodes.count {
                 let node = state.nodes[state.next]
                 state.next += 1
@@ -502,7 +580,11 @@ extension Kademlia {
             for node in asks { out += request(.findNode(target: lookup.target), to: node.contact, now: now, purpose: .lookup(id)) }
             if lookup.isFinished {
                 lookups[id] = nil
-                out += lookupDone(id, lookup, now: now)
+                if pathGroup[id] != nil {
+                    out += pathDone(id, lookup, now: now)
+                } else {
+                    out += lookupDone(id, result: lookup.result, hops: lookup.hops, requests: lookup.requestsSent, now: now)
+                }
             }
             return out
         }
@@ -547,9 +629,9 @@ extension Kademlia {
                 evictionPings.remove(sender.peerID)
             case (.lookup(let lookupID), .nodes(let contacts)):
                 guard var lookup = lookups[lookupID] else { break }
-                let closer = contacts.prefix(settings.k)
+                let closer = disjoint(contacts.prefix(settings.k)
                     .filter { $0.peerID != local.peerID && $0.peerID.meetsPuzzle(settings.idDifficulty) }
-                    .map { Node(contact: $0, lastSeen: now) }
+                    .map { Node(contact: $0, lastSeen: now) }, for: lookupID)
                 lookup.responded(sender.peerID, closer: closer)
                 lookups[lookupID] = lookup
                 out += drive(lookupID, now: now)
@@ -601,6 +683,6 @@ extension Kademlia {
         /// Requests awaiting an answer.
         public var pendingRequests: Int { pending.count }
         /// Lookups, puts and gets in progress.
-        public var activeLookups: Int { lookups.count + puts.count + gets.count }
+        public var activeLookups: Int { lookups.count - pathGroup.count + groups.count + puts.count + gets.count }
     }
 }

@@ -30,6 +30,9 @@ public enum Kademlia {
         public var readWidth = 3
         /// Most pages a read takes from one storing node (enough for a full key at one record a page).
         public var maxPagesPerNode = 64
+        /// Disjoint paths per lookup (S/Kademlia's d): 1 is plain Kademlia; d > 1 splits the
+        /// starting nodes among d lookups that never ask the same node, and merges their results.
+        public var disjointPaths = 1
         /// The mesh's ID puzzle difficulty: peers whose IDs score lower are ignored (0: off).
         public var idDifficulty = 0
         /// A full bucket's least recently seen node is pinged (to make room for a newcomer) only

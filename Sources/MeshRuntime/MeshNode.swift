@@ -331,7 +331,10 @@ public final class MeshNode: @unchecked Sendable {
         }
         controlSocketPath = options.controlSocketPath
         var dhtSettings = options.dhtSettings ?? Kademlia.Settings()
-        if options.dhtSettings == nil { dhtSettings.idDifficulty = options.config.idDifficulty }
+        if options.dhtSettings == nil {
+            dhtSettings.idDifficulty = options.config.idDifficulty
+            dhtSettings.disjointPaths = options.config.disjointPaths
+        }
         guard id.meetsPuzzle(dhtSettings.idDifficulty) else {
             udp.close(); tcp.close(); control?.close()
             throw NodeError.idPuzzle(bits: id.puzzleBits, difficulty: dhtSettings.idDifficulty)

@@ -26,6 +26,13 @@ public struct SimulatedNetwork {
     public var lossRate: Double = 0
     /// Latency of each message, drawn uniformly from this range (milliseconds).
     public var latency: ClosedRange<UInt64> = 1...10
+    /// Adversarial members of the mesh: they answer every FIND_NODE with the Sybil identities
+    /// closest to the target (hiding the honest nodes), and otherwise behave.
+    public var liars: Set<PeerID> = []
+    /// The adversary's Sybil identities (see `addSybils`): the adversary answers for all of them,
+    /// FIND_NODE with more Sybils closest to the target, everything else as an empty success.
+    public private(set) var sybils: [Contact] = []
+    private var sybilIDs: Set<PeerID> = []
     /// Groups that cannot reach each other while set; nodes in no group reach everyone.
     public var partitions: [Set<PeerID>] = []
     /// Messages delivered so far.
@@ -60,6 +67,38 @@ public struct SimulatedNetwork {
             let contact = makeIdentity(index: i)
             nodes[contact.peerID] = Kademlia.Instance(local: contact, settings: s, seed: rng.next(), signer: keys[contact.peerID]!)
         }
+    }
+
+    /// Creates `count` Sybil identities for the adversary (real key pairs, random IDs).
+    public mutating func addSybils(_ count: Int) {
+        for _ in 0..<count {
+            let seedBytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let key = try! SigningKey(seed: SecretBytes(copying: seedBytes))  // 32 bytes are always a valid seed
+            let c = try! Contact(publicKey: key.publicKey, addresses: [TransportAddress(.udp, SocketAddress(ip: .v4(10, 66, 0, 1), port: UInt16(1 + sybils.count % 60_000)))])
+            sybils.append(c)
+            sybilIDs.insert(c.peerID)
+        }
+    }
+
+    /// What the adversary answers (nil: a liar's request it handles honestly).
+    private func adversaryAnswer(_ message: Kademlia.Message) -> Kademlia.Message? {
+        let body: Kademlia.Message.Body
+        switch message.body {
+        case .findNode(let target):
+            body = .nodes(Array(sybils.sorted { $0.peerID.distance(to: target) < $1.peerID.distance(to: target) }.prefix(settings.k)))
+        case .ping: body = .pong
+        case .findValue(_, let offset): body = .values(total: 0, offset: offset, records: [])
+        case .store: body = .stored(.stored)
+        default: return nil
+        }
+        return Kademlia.Message(requestID: message.requestID, body: body)
+    }
+
+    /// Schedules an answer from an adversarial identity `from` to node `to`.
+    private mutating func deliverAnswer(_ answer: Kademlia.Message, from: PeerID, to: PeerID) {
+        let sender = sybils.first { $0.peerID == from } ?? contacts.first { $0.peerID == from }!
+        let span = latency.upperBound - latency.lowerBound + 1
+        push(.deliver(answer, from: sender, to: to), at: now + latency.lowerBound + rng.next() % span)
     }
 
     /// A key pair from the seeded generator and a loopback contact for node `index`.
@@ -141,6 +180,11 @@ public struct SimulatedNetwork {
             now = max(now, time)
             switch event {
             case .deliver(let message, let from, let to):
+                if sybilIDs.contains(to) || liars.contains(to), let answer = adversaryAnswer(message) {
+                    delivered += 1
+                    deliverAnswer(answer, from: to, to: from.peerID)
+                    continue
+                }
                 guard !dead.contains(to), nodes[to] != nil else { continue }
                 delivered += 1
                 let t = now

@@ -96,3 +96,45 @@ struct LossAndPartitionTests {
         #expect(score.exact == 30, "exact after healing in \(score.exact)/30")
     }
 }
+
+@Suite("Disjoint-path lookups (S/Kademlia)", .timeLimit(.minutes(3)))
+struct DisjointLookupTests {
+    /// A record stored by an honest node, then read by honest nodes while 10% of the mesh lies:
+    /// liars answer FIND_NODE with Sybil identities (ten times the honest mesh, one of them on the
+    /// key itself) closest to the key, which answer alike and hold nothing. How many reads still
+    /// find the record?
+    func reads(paths: Int) throws -> (found: Int, reads: Int, exactWithoutLiars: Int) {
+        var settings = Kademlia.Settings()
+        settings.maxPerPrefixPerBucket = nil
+        settings.disjointPaths = paths
+        var net = SimulatedNetwork(count: 200, seed: 77, settings: settings)
+        net.joinAll()
+        let clean = net.scoreLookups(20)
+        // The adversary aims at one key: its Sybil IDs sit around it (here: one of them is it).
+        net.addSybils(2000)
+        let key = net.sybils[0].peerID
+        _ = try net.publish(Array("honest".utf8), under: key, from: net.contacts[3].peerID)
+        var rng = SplitMix64(seed: 5)
+        net.liars = Set(net.contacts.dropFirst(4).shuffled(using: &rng).prefix(20).map(\.peerID))
+        var found = 0, reads = 0
+        for i in 0..<60 {
+            let reader = net.contacts[10 + i].peerID
+            guard !net.liars.contains(reader) else { continue }
+            let got = net.get(key, from: reader)
+            reads += 1
+            if got?.records.first?.value == Array("honest".utf8) { found += 1 }
+        }
+        return (found, reads, clean.exact)
+    }
+
+    @Test("with 10% of nodes steering lookups to Sybils, reads over three disjoint paths find a record far more often than over one")
+    func disjointBeatsSingle() throws {
+        let single = try reads(paths: 1)
+        let disjoint = try reads(paths: 3)
+        #expect(single.reads == disjoint.reads && single.reads >= 50)
+        // Without liars, disjoint lookups are as exact as single ones.
+        #expect(single.exactWithoutLiars == 20 && disjoint.exactWithoutLiars == 20)
+        #expect(disjoint.found > single.found, "disjoint \(disjoint.found)/\(disjoint.reads), single \(single.found)/\(single.reads)")
+        #expect(disjoint.found * 10 >= disjoint.reads * 9, "disjoint \(disjoint.found)/\(disjoint.reads)")
+    }
+}

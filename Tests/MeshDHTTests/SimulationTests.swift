@@ -35,22 +35,32 @@ struct SimulationTests {
 
     @Test("two runs from the same seed are identical: tables, results, message counts")
     func deterministic() throws {
-        func run() throws -> (Int, [[PeerID]], [PeerID: [PeerID]]) {
+        func run() throws -> (Int, [[PeerID]], [PeerID: [PeerID]], [Int], [PeerID: Int]) {
             var net = SimulatedNetwork(count: 120, seed: 99)
             net.joinAll()
             var results: [[PeerID]] = []
+            var hops: [Int] = []
             for _ in 0..<20 {
                 let target = net.randomTarget()
                 let start = net.randomLive()
                 let found = net.lookup(target, from: start)
                 results.append(try #require(found).result.map(\.id))
+                hops.append(found!.hops)
             }
-            return (net.delivered, results, net.nodes.mapValues { $0.table.allNodes.map(\.id) })
+            // Records too: puts, gets, an expiry sweep and newcomers receiving replicas.
+            for i in 0..<5 { _ = try net.publish([UInt8(i)], under: net.randomTarget(), from: net.contacts[i].peerID, lifetime: 120_000) }
+            for _ in 0..<5 { _ = net.get(net.randomTarget(), from: net.randomLive()) }
+            for _ in 0..<5 { net.addNode() }
+            net.advance(by: 70_000)
+            return (net.delivered, results, net.nodes.mapValues { $0.table.allNodes.map(\.id) }, hops,
+                    net.nodes.mapValues { $0.store.count })
         }
         let a = try run(), b = try run()
         #expect(a.0 == b.0 && a.0 > 0)
         #expect(a.1 == b.1)
         #expect(a.2 == b.2)
+        #expect(a.3 == b.3)
+        #expect(a.4 == b.4 && a.4.values.reduce(0, +) > 0)
     }
 }
 

@@ -101,4 +101,73 @@ struct DHTNodeTests {
             await peer.stop()
         }
     }
+
+    @Test("hostile DHT datagrams are dropped and counted; unproven senders get answers but no table entry; forged records are refused")
+    func hostileDHT() async throws {
+        try await withLoop { loop in
+            let node = try await MeshNode.start(on: loop, options: dhtOptions())
+            let attackerKey = SigningKey()
+            let replies = Box<[[UInt8]]>([])
+            let target = node.udpAddress
+            let peer = node.identity.publicKey
+            /// The attacker's socket and sealer, used on the loop only.
+            final class Attacker: @unchecked Sendable {
+                let sealer: DatagramSealer
+                var socket: UDPSocket?
+                init(_ key: SigningKey) {
+                    sealer = DatagramSealer(identity: key, meshKey: .publicMesh, now: { MeshNode.wallClockMilliseconds() }, random: SecureRandom.bytes)
+                }
+            }
+            let attacker = Attacker(attackerKey)
+            try await loop.submit {
+                let socket = try UDPSocket.bind(on: loop, to: loopback)
+                try socket.startReceiving { bytes, _ in
+                    if case .success(let opened) = attacker.sealer.open(bytes) { replies.mutate { $0.append(opened.body) } }
+                }
+                attacker.socket = socket
+            }
+            func send(_ body: [UInt8]) async throws {
+                _ = try await loop.submit { attacker.socket!.send(attacker.sealer.seal(body, to: peer)!, to: target) }
+            }
+            // 500 authentic but malformed DHT bodies.
+            var rng = SplitMix64(seed: 3)
+            for _ in 0..<500 {
+                var body = (0..<Int(rng.next() % 200)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                body.insert(UInt8(16 + rng.next() % 8), at: 0)
+                if Kademlia.Wire.decode(body) == nil { try await send(body) } else { try await send([16]) }
+            }
+            // Well-formed answers nobody asked for.
+            try await send(Kademlia.Wire.encode(Kademlia.Message(requestID: 42, body: .nodes([])), tcpPort: 0))
+            try await send(Kademlia.Wire.encode(Kademlia.Message(requestID: 43, body: .pong), tcpPort: 0))
+            // Requests from an address that has proven nothing: a FIND_NODE gets a cookie
+            // challenge, a PING a pong, a forged STORE its refusal; none enters the table.
+            try await send(Kademlia.Wire.encode(Kademlia.Message(requestID: 1, body: .findNode(target: PeerID(words: (1, 2, 3, 4)))), tcpPort: 0))
+            try await send(Kademlia.Wire.encode(Kademlia.Message(requestID: 2, body: .ping), tcpPort: 0))
+            let honest = Kademlia.Record.sign(key: PeerID(words: (9, 9, 9, 9)), value: [1], sequence: 1,
+                                              expiresAt: MeshNode.wallClockMilliseconds() + 60_000, by: attackerKey)
+            var forged = honest.encoded
+            forged[83] ^= 1  // the value byte: the signature no longer covers it
+            try await send(Kademlia.Wire.encode(Kademlia.Message(requestID: 3, body: .store(Kademlia.Record(decoding: forged)!)), tcpPort: 0))
+            let answered = try await eventually(10) { replies.value.count >= 3 }
+            #expect(answered)
+            let kinds = replies.value.map { $0.first ?? 0 }
+            #expect(kinds.contains(DatagramMessage.Kind.cookieChallenge.rawValue))
+            let messages = replies.value.compactMap { Kademlia.Wire.decode($0)?.message }
+            #expect(messages.contains(Kademlia.Message(requestID: 2, body: .pong)))
+            #expect(messages.contains(Kademlia.Message(requestID: 3, body: .stored(.badSignature))))
+            let c = try await node.status().counters
+            #expect(c["datagrams_dropped_malformed"] == 500)
+            #expect(c["datagrams_dropped_unsolicited"] == 2)
+            #expect(c["cookie_challenges_sent"] == 1)
+            let snapshot = try await node.dhtSnapshot()
+            #expect(snapshot.peers.isEmpty && snapshot.recordsStored == 0)
+            // A real peer still joins and finds the node.
+            let friend = try await MeshNode.start(on: loop, options: dhtOptions(bootstrap: [node.contact]))
+            #expect(try await eventually(10) { try await friend.dhtSnapshot().joined })
+            #expect(try await friend.lookup(node.peerID).closest.first?.peerID == node.peerID)
+            try await loop.submit { attacker.socket?.close() }
+            await friend.stop()
+            await node.stop()
+        }
+    }
 }

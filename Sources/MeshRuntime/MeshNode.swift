@@ -147,10 +147,17 @@ public struct NodeStatus: Codable, Sendable, Equatable {
     public var version: String
     /// Counter values by name.
     public var counters: [String: Int]
+    /// Peers in the DHT routing table.
+    public var dhtPeers: Int = 0
+    /// True once the node has joined the DHT (or has no bootstrap peers to join through).
+    public var dhtJoined: Bool = false
+    /// DHT records stored here.
+    public var dhtRecords: Int = 0
 
     enum CodingKeys: String, CodingKey {
         case peerID = "peer_id", publicKey = "public_key", contact, udp, tcp, mesh
         case controlSocket = "control_socket", uptimeSeconds = "uptime_s", version, counters
+        case dhtPeers = "dht_peers", dhtJoined = "dht_joined", dhtRecords = "dht_records"
     }
 }
 
@@ -612,7 +619,9 @@ public final class MeshNode: @unchecked Sendable {
         return NodeStatus(peerID: peerID.hex, publicKey: Hex.encode(identity.publicKey.bytes), contact: contact.description,
                           udp: udpAddress.description, tcp: tcpAddress.description,
                           mesh: meshKey.isPublicMesh ? "public" : meshKey.fingerprint, controlSocket: controlSocketPath,
-                          uptimeSeconds: (uptime * 1000).rounded() / 1000, version: GPUMeshVersion.current, counters: values)
+                          uptimeSeconds: (uptime * 1000).rounded() / 1000, version: GPUMeshVersion.current, counters: values,
+                          dhtPeers: dht.instance.table.count, dhtJoined: dht.joined || dht.seeds.isEmpty,
+                          dhtRecords: dht.instance.store.count)
     }
 
     private func statusJSON() throws -> JSONValue { try JSONValue(encoding: makeStatus()) }

@@ -49,6 +49,8 @@ struct DataDirectory {
     var keyFile: String { path + "/identity.key" }
     var configFile: String { path + "/" + NodeConfig.fileName }
     var controlSocket: String { path + "/node.sock" }
+    /// Peers the node knew when it last stopped, to rejoin through (peers-file format).
+    var peersCache: String { path + "/peers.cache" }
 
     /// Reads config.toml if present, else the defaults.
     func loadConfig() throws -> NodeConfig {

@@ -56,6 +56,16 @@ extension GPUMesh {
                 }
                 do { seeds += try BootstrapPeers.parse(text) } catch { throw CLIError("\(path): \(error)") }
             }
+            // Peers known when the node last stopped: rejoining works even if the bootstrap peers are gone.
+            if let text = try? String(contentsOfFile: dir.peersCache, encoding: .utf8) {
+                do {
+                    let cached = try BootstrapPeers.parse(text).filter { c in !seeds.contains { $0.peerID == c.peerID } }
+                    seeds += cached
+                    logger.debug("peers from the last run", metadata: ["count": "\(cached.count)"])
+                } catch {
+                    logger.warning("ignoring \(dir.peersCache): \(error)")
+                }
+            }
             var options = MeshNode.Options(identity: identity, config: config, meshKey: mesh, controlSocketPath: dir.controlSocket, logger: logger)
             options.bootstrap = seeds
 
@@ -88,6 +98,7 @@ extension GPUMesh {
             flushOutput()
             let signal = await signals.wait()
             logger.info("shutting down", metadata: ["signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")"])
+            if let snapshot = try? await node.dhtSnapshot() { savePeersCache(snapshot, to: dir.peersCache, logger: logger) }
             await node.stop()
             loop.shutdown()
             if !json { print("node stopped") }
@@ -116,6 +127,7 @@ extension GPUMesh {
                 printEndpoints(status, indent: "")
                 print("uptime   \(String(format: "%.1f", status.uptimeSeconds)) s")
                 print("version  \(status.version)")
+                print("dht      \(status.dhtJoined ? "joined" : "not joined yet"), \(status.dhtPeers) peers, \(status.dhtRecords) records (`gpumesh peers` for the table)")
                 print("counters")
                 for (name, value) in status.counters.sorted(by: { $0.key < $1.key }) {
                     print("  \(name.padding(toLength: 30, withPad: " ", startingAt: 0)) \(value)")
@@ -132,6 +144,23 @@ func printEndpoints(_ status: NodeStatus, indent: String) {
     print("\(indent)udp      \(status.udp)")
     print("\(indent)tcp      \(status.tcp)")
     print("\(indent)mesh     \(status.mesh)")
+}
+
+/// Writes up to 64 of the routing table's most recently seen peers in the peers-file format,
+/// atomically (a temporary file renamed over the old one), mode 0600. Failure is only logged:
+/// the cache is a convenience.
+func savePeersCache(_ snapshot: DHTSnapshot, to path: String, logger: Logger) {
+    let peers = snapshot.peers.sorted { $0.lastSeenMillisecondsAgo < $1.lastSeenMillisecondsAgo }.prefix(64)
+    guard !peers.isEmpty else { return }
+    let text = "# Peers this node knew when it stopped (rewritten at every clean stop; safe to delete).\n"
+        + peers.map(\.contact).joined(separator: "\n") + "\n"
+    let temp = path + ".tmp"
+    guard FileManager.default.createFile(atPath: temp, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
+          rename(temp, path) == 0 else {
+        unlink(temp)
+        logger.warning("could not save the peers cache \(path)")
+        return
+    }
 }
 
 /// Asks the node running with `dir` for its status; nil when none answers.

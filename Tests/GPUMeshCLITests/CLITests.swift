@@ -280,6 +280,22 @@ struct CLITests {
         #expect(bad.status != 0 && bad.stderr.contains("64 hex digits"))
         let badPeers = try run(["node", "--data-dir", a, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--bootstrap", "gpm1:zz@udp:1.2.3.4:5"])
         #expect(badPeers.status != 0 && badPeers.stderr.contains("--bootstrap"))
+        let status = try json(try run(["status", "--data-dir", b, "--json"]).stdout)
+        #expect(status["dht_joined"] as? Bool == true && status["dht_peers"] as? Int == 1)
+        // A clean stop saves the routing table; the next start rejoins through it with no peers file.
+        #expect(second.stop() == 0)
+        let cache = try String(contentsOfFile: b + "/peers.cache", encoding: .utf8)
+        #expect(cache.contains(contact))
+        #expect(try FileManager.default.attributesOfItem(atPath: b + "/peers.cache")[.posixPermissions] as? Int == 0o600)
+        let again = try Background(["node", "--data-dir", b, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json"])
+        defer { _ = again.stop() }
+        var rejoined = false
+        for _ in 0..<100 where !rejoined {
+            let p = try json(try run(["peers", "--data-dir", b, "--json"]).stdout)
+            rejoined = p["joined"] as? Bool == true && (p["peers"] as? [[String: Any]])?.count == 1 && p["bootstrap_peers"] as? Int == 1
+            if !rejoined { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        #expect(rejoined)
     }
 
     @Test("init --id-difficulty makes an identity that meets the puzzle; a node whose ID misses its mesh's difficulty refuses to start")

@@ -152,13 +152,15 @@ extension Kademlia {
         private struct RoundTrip: Sendable { var smoothed: Double; var variance: Double }
         /// Nodes waiting for a full bucket's least recently seen node to answer a ping.
         private var evictionPings: Set<PeerID> = []
+        /// Unproven requesters being pinged before they may enter the table.
+        private var verifications: Set<PeerID> = []
         /// Requests sent, for statistics.
         public private(set) var requestsSent = 0
         /// Records sent to newly met nodes that are closer to their keys than most holders.
         public private(set) var replicationsSent = 0
 
         private enum Purpose: Sendable, Equatable {
-            case eviction, lookup(LookupID), store(LookupID?), fetch(LookupID)
+            case eviction, verification, lookup(LookupID), store(LookupID?), fetch(LookupID)
         }
 
         private struct Pending: Sendable {
@@ -278,6 +280,17 @@ extension Kademlia {
             default:
                 return []
             }
+        }
+
+        /// A requester whose address is unproven enters the table only after it answers a PING
+        /// at that address, and is pinged only if its bucket has room (a full bucket would not
+        /// take it anyway, and most requesters fall in the full, far buckets).
+        private mutating func verify(_ contact: Contact, now: UInt64) -> [Directive] {
+            let node = Node(contact: contact, lastSeen: now)
+            guard contact.peerID.meetsPuzzle(settings.idDifficulty), !verifications.contains(contact.peerID),
+                  verifications.count < 256, table.hasRoom(for: node) else { return [] }
+            verifications.insert(contact.peerID)
+            return request(.ping, to: contact, now: now, purpose: .verification)
         }
 
         /// Sends `newcomer` the records of every key it is now among the k closest to, when this
@@ -600,7 +613,7 @@ extension Kademlia {
             // An ID that fails the mesh's puzzle is not a member: no answer, no table entry.
             guard sender.peerID.meetsPuzzle(settings.idDifficulty) else { return [] }
             if !message.isResponse {
-                var out = addressProven ? heard(from: sender, now: now) : []
+                var out = addressProven ? heard(from: sender, now: now) : verify(sender, now: now)
                 let reply: Message.Body
                 switch message.body {
                 case .ping:
@@ -627,6 +640,8 @@ extension Kademlia {
             switch (p.purpose, message.body) {
             case (.eviction, _):
                 evictionPings.remove(sender.peerID)
+            case (.verification, _):
+                verifications.remove(sender.peerID)  // answered from its address: `heard` above took it in
             case (.lookup(let lookupID), .nodes(let contacts)):
                 guard var lookup = lookups[lookupID] else { break }
                 let closer = disjoint(contacts.prefix(settings.k)
@@ -655,11 +670,17 @@ extension Kademlia {
             if p.attempt + 1 < Self.attempts {
                 return request(p.body, to: p.to, now: now, purpose: p.purpose, attempt: p.attempt + 1)
             }
+            if p.purpose == .verification {
+                verifications.remove(p.to.peerID)
+                return []
+            }
             // A node that does not answer leaves the table; the newest waiting candidate takes its place.
             table.nodeFailed(p.to.peerID)
             switch p.purpose {
             case .eviction:
                 evictionPings.remove(p.to.peerID)
+            case .verification:
+                break
             case .lookup(let lookupID):
                 guard var lookup = lookups[lookupID] else { return [] }
                 lookup.failed(p.to.peerID)

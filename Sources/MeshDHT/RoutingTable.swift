@@ -156,6 +156,18 @@ public enum Kademlia {
             return .bucketFull(leastRecentlySeen: buckets[b][0])
         }
 
+        /// True if `node` is not in the table and its bucket would take it now (room, and within
+        /// the IP-prefix limit).
+        public func hasRoom(for node: Node) -> Bool {
+            guard let b = bucketIndex(for: node.id), !buckets[b].contains(where: { $0.id == node.id }),
+                  buckets[b].count < settings.k else { return false }
+            if let limit = settings.maxPerPrefixPerBucket, let p = prefix(of: node),
+               buckets[b].filter({ prefix(of: $0) == p }).count >= limit {
+                return false
+            }
+            return true
+        }
+
         /// Removes a node that failed to answer; the most recently seen replacement, if any, takes
         /// its place. Returns the replacement.
         @discardableResult

@@ -42,7 +42,7 @@ extension Kademlia {
         public static func isDHT(_ type: UInt8) -> Bool { Kind(rawValue: type) != nil }
 
         /// True for requests that would be answered with more bytes than they carry (so an
-        /// unproven address gets a cookie challenge instead).
+        /// unproven address gets a cookie challenge instead, unless the request was padded).
         public static func amplifies(_ body: Message.Body) -> Bool {
             switch body {
             case .findNode, .findValue: true
@@ -50,8 +50,17 @@ extension Kademlia {
             }
         }
 
-        /// Encodes `message`, naming `tcpPort` as the sender's channel port.
-        public static func encode(_ message: Message, tcpPort: UInt16) -> [UInt8] {
+        /// The size a padded FIND_NODE or FIND_VALUE body is brought to with zero bytes. Sealed,
+        /// that is 434 bytes: a third of the largest answer (a VALUES page, 1,274 bytes sealed), so
+        /// an unproven address can be answered at once within a 3× amplification bound (as QUIC
+        /// allows before address validation) instead of after a cookie round trip.
+        public static let paddedRequestBytes = 360
+        /// The largest amplification allowed towards an unproven address.
+        public static let amplificationFactor = 3
+
+        /// Encodes `message`, naming `tcpPort` as the sender's channel port. With `padded`,
+        /// FIND_NODE and FIND_VALUE are brought to `paddedRequestBytes` with zeros.
+        public static func encode(_ message: Message, tcpPort: UInt16, padded: Bool = false) -> [UInt8] {
             var w = WireWriter(capacity: 128)
             func header(_ kind: Kind) {
                 w.u8(kind.rawValue)
@@ -64,6 +73,7 @@ extension Kademlia {
             case .findNode(let target):
                 header(.findNode)
                 w.raw(target.bytes)
+                if padded { w.raw(repeatElement(0, count: paddedRequestBytes - w.count)) }
             case .nodes(let contacts):
                 header(.nodes)
                 let countAt = w.count
@@ -85,6 +95,7 @@ extension Kademlia {
                 header(.findValue)
                 w.raw(key.bytes)
                 w.u16(offset)
+                if padded { w.raw(repeatElement(0, count: paddedRequestBytes - w.count)) }
             case .values(let total, let offset, let records):
                 header(.values)
                 w.u16(total)
@@ -131,6 +142,10 @@ extension Kademlia {
                     records.append(rec)
                 }
                 body = .values(total: total, offset: offset, records: records)
+            }
+            if Self.amplifies(body) {
+                // Requests may carry zero padding (and nothing else) after their fields.
+                guard bytes.count <= maxBody, r.raw(r.remaining)?.allSatisfy({ $0 == 0 }) == true else { return nil }
             }
             guard r.isAtEnd else { return nil }
             return (Message(requestID: id, body: body), tcpPort)

@@ -168,7 +168,9 @@ final class DHTShell {
             switch d {
             case .send(let message, let contact):
                 guard let address = contact.address(for: .udp) else { continue }
-                let body = Kademlia.Wire.encode(message, tcpPort: tcpPort)
+                // Requests that are answered with more bytes go padded, so a peer that has not yet
+                // proven our address can answer at once (see `Wire.paddedRequestBytes`).
+                let body = Kademlia.Wire.encode(message, tcpPort: tcpPort, padded: true)
                 if !message.isResponse {
                     outstanding[message.requestID] = Outstanding(body: body, peer: contact.publicKey, address: address)
                     count(.dhtRequestsOut)

@@ -417,7 +417,7 @@ public final class MeshNode: @unchecked Sendable {
             opened = o
         }
         if let first = opened.body.first, Kademlia.Wire.isDHT(first) {
-            receivedDHT(opened, from: from)
+            receivedDHT(opened, from: from, datagramBytes: bytes.count)
             return
         }
         guard let message = DatagramMessage(decoding: opened.body) else {
@@ -464,7 +464,7 @@ public final class MeshNode: @unchecked Sendable {
         }
     }
 
-    private func receivedDHT(_ opened: DatagramSealer.Opened, from: SocketAddress) {
+    private func receivedDHT(_ opened: DatagramSealer.Opened, from: SocketAddress, datagramBytes: Int) {
         guard let (message, tcpPort) = Kademlia.Wire.decode(opened.body),
               let sender = Contact.fromEndpoint(publicKey: opened.sender, udp: from, tcpPort: tcpPort) else {
             bump(.droppedMalformed)
@@ -477,8 +477,11 @@ public final class MeshNode: @unchecked Sendable {
         }
         if let cookie = opened.cookie, cookies.verify(cookie, from: from) { markProven(from) }
         let proven = isProven(from)
-        if !proven, Kademlia.Wire.amplifies(message.body) {
-            // The answer would be larger than the request: ask the sender to prove its address first.
+        let largestAnswer = DatagramSealer.overhead + Kademlia.Wire.maxBody
+        if !proven, Kademlia.Wire.amplifies(message.body), datagramBytes * Kademlia.Wire.amplificationFactor < largestAnswer {
+            // The answer could be more than three times the request: ask the sender to prove its
+            // address first. (Padded requests are answered at once, and still stay out of the
+            // routing table until the address is proven.)
             send(.cookieChallenge(nonce: message.requestID, cookie: cookies.make(for: from)), to: opened.sender, at: from)
             bump(.cookieChallengesSent)
             return

@@ -71,6 +71,7 @@ extension GPUMesh {
             var cpuMilliseconds = 0.0
             var rssBytes = 0
             var joinSeconds = 0.0
+            var cookieRetries = 0
             var cold: Phase?
         }
 
@@ -79,6 +80,7 @@ extension GPUMesh {
             var lookups = 0, successes = 0
             var hops: [Int] = [], latencies: [Double] = []
             var messages = 0
+            var cookieRetries = 0
             var cpuMilliseconds = 0.0
 
             var figures: [String: JSONValue] {
@@ -87,6 +89,7 @@ extension GPUMesh {
                         "latency_ms_p50": .double(((percentile(latencies, 0.5) ?? 0) * 1000).rounded() / 1000),
                         "latency_ms_p99": .double(((percentile(latencies, 0.99) ?? 0) * 1000).rounded() / 1000),
                         "messages_per_lookup": .double((Double(messages) / n * 10).rounded() / 10),
+                        "cookie_retries_per_lookup": .double((Double(cookieRetries) / n * 10).rounded() / 10),
                         "cpu_ms_per_lookup": .double((cpuMilliseconds / n * 1000).rounded() / 1000)]
             }
         }
@@ -110,6 +113,7 @@ extension GPUMesh {
                 "cpu_ms_per_lookup": .double(round(f.cpuMilliseconds / n)),
                 "rss_mib_per_node": .double(round(Double(f.rssBytes) / Double(nodes) / 1_048_576)),
                 "join_s": .double(round(f.joinSeconds, 100)),
+                "cookie_retries_per_lookup": .double(round(Double(f.cookieRetries) / n, 10)),
             ]
             if let cold = f.cold { result["cold"] = .object(cold.figures) }
             if json {
@@ -176,15 +180,19 @@ extension GPUMesh {
             }
             f.joinSeconds = Date().timeIntervalSince(joinStart)
             f.rssBytes = residentBytes() - rssBefore
-            func datagramsOut() async throws -> Int {
-                var total = 0
-                for n in all { total += try await n.status().counters["datagrams_out"] ?? 0 }
-                return total
+            func totals() async throws -> (datagrams: Int, cookieRetries: Int) {
+                var datagrams = 0, retries = 0
+                for n in all {
+                    let c = try await n.status().counters
+                    datagrams += c["datagrams_out"] ?? 0
+                    retries += c["dht_cookie_retries"] ?? 0
+                }
+                return (datagrams, retries)
             }
             var rng = SplitMix64(seed: seed)
             func measure(_ count: Int, _ label: String) async throws -> Phase {
                 var p = Phase()
-                let sentBefore = try await datagramsOut()
+                let before = try await totals()
                 let cpuBefore = processCPUMilliseconds()
                 for i in 0..<count {
                     let from = all[Int(rng.next() % UInt64(nodes))]
@@ -198,13 +206,15 @@ extension GPUMesh {
                     if i % 100 == 0 { progress("\(label) lookups \(i)/\(count)") }
                 }
                 p.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
-                p.messages = try await datagramsOut() - sentBefore
+                let after = try await totals()
+                p.messages = after.datagrams - before.datagrams
+                p.cookieRetries = after.cookieRetries - before.cookieRetries
                 return p
             }
             f.cold = try await measure(warmup ?? lookups, "cold")
             let warm = try await measure(lookups, "measured")
-            (f.lookups, f.successes, f.hops, f.latencies, f.messages, f.cpuMilliseconds) =
-                (warm.lookups, warm.successes, warm.hops, warm.latencies, warm.messages, warm.cpuMilliseconds)
+            (f.lookups, f.successes, f.hops, f.latencies, f.messages, f.cpuMilliseconds, f.cookieRetries) =
+                (warm.lookups, warm.successes, warm.hops, warm.latencies, warm.messages, warm.cpuMilliseconds, warm.cookieRetries)
             progress("")
             for n in all { await n.stop() }
             return f

@@ -122,6 +122,25 @@ struct DHTWireTests {
         }
     }
 
+    @Test("FIND_NODE and FIND_VALUE may be padded with zeros to a third of the largest answer; nothing else may")
+    func padding() throws {
+        for body in [Kademlia.Message.Body.findNode(target: PeerID(words: (1, 2, 3, 4))), .findValue(key: PeerID(words: (5, 6, 7, 8)), offset: 9)] {
+            let m = Kademlia.Message(requestID: 7, body: body)
+            let padded = Kademlia.Wire.encode(m, tcpPort: 1, padded: true)
+            #expect(padded.count == Kademlia.Wire.paddedRequestBytes)
+            #expect((padded.count + DatagramSealer.overhead) * Kademlia.Wire.amplificationFactor >= DatagramSealer.overhead + Kademlia.Wire.maxBody)
+            #expect(try #require(Kademlia.Wire.decode(padded)).message == m)
+            var dirty = padded
+            dirty[dirty.count - 1] = 1
+            #expect(Kademlia.Wire.decode(dirty) == nil, "padding must be zeros")
+            #expect(Kademlia.Wire.decode(padded + [UInt8](repeating: 0, count: Kademlia.Wire.maxBody)) == nil, "bounded")
+        }
+        // Other kinds take no padding.
+        let ping = Kademlia.Wire.encode(Kademlia.Message(requestID: 1, body: .ping), tcpPort: 0, padded: true)
+        #expect(ping.count == Kademlia.Wire.headerBytes)
+        #expect(Kademlia.Wire.decode(ping + [0]) == nil)
+    }
+
     @Test("a full NODES reply of IPv6 contacts fits one datagram; extra contacts are cut, not overflowed")
     func sizeBudget() throws {
         let many = (0..<40).map { contact(testKey(UInt8($0 + 1)), port: UInt16(9000 + $0), ip: .loopbackV6, tcp: 1) }

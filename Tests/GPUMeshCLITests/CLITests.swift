@@ -399,7 +399,7 @@ struct CLITests {
         #expect(echo.stop() == 0)
     }
 
-    @Test("an independent Python peer (stock Noise library + PyNaCl) speaks both protocols with the binary",
+    @Test("an independent Python peer (stock Noise library + PyNaCl) speaks channels, datagrams and the DHT with the binary",
           .enabled(if: pythonInteropAvailable, "python3 with noiseprotocol and pynacl is needed (Bootstrap/setup.sh installs them)"))
     func pythonInterop() throws {
         let dir = try tempDataDir()
@@ -431,6 +431,15 @@ struct CLITests {
         let counters = try #require(try json(try run(["status", "--data-dir", dir, "--json"]).stdout)["counters"] as? [String: Int])
         #expect(counters["probes_answered"] == 1 && counters["cookie_challenges_sent"] == 1 && counters["info_answered"] == 1)
         #expect(counters["datagrams_dropped_replay"] == 1)
+        // The DHT: the Python peer is challenged, answered, checked, and its record stored and read back.
+        let dht = try python(["dht", "--contact", try #require(node.firstLine["contact"] as? String), "--mesh-key", keyFile,
+                              "--name", "model/rtx-4090"])
+        #expect(dht.0 == 0, "\(dht.1)")
+        #expect(dht.1["answered_the_nodes_ping"] as? Bool == true)
+        let got = try run(["dht", "get", "--data-dir", dir, "model/rtx-4090", "--json"], timeout: 30)
+        let records = try #require(try json(got.stdout)["records"] as? [[String: Any]])
+        #expect(records.count == 1 && records.first?["value"] as? String == "from python")
+        #expect(records.first?["publisher"] as? String == dht.1["publisher"] as? String)
         #expect(echo.stop() == 0 && node.stop() == 0)
     }
 

@@ -7,6 +7,7 @@ the real binary.
 
     python_peer.py channel  --contact C --mesh-key FILE   # against `gpumesh debug echo`
     python_peer.py datagram --contact C --mesh-key FILE   # against `gpumesh node`
+    python_peer.py dht      --contact C --name NAME       # DHT messages and a record, against `gpumesh node`
 
 Prints one JSON object; exits 0 only if every check passed. Talks to loopback addresses only.
 """
@@ -127,6 +128,92 @@ def channel(contact, mesh_key):
     return {"ok": True, "peer": hashlib.blake2b(ed_pk, digest_size=32).hexdigest(), "echoed_bytes": len(small) + len(big)}
 
 
+class Datagrams:
+    """A sealed-datagram session with one peer (PROTOCOL.md, "Sealed datagrams")."""
+
+    def __init__(self, contact, mesh_key, me):
+        self.me, self.peer_ed = me, contact["key"]
+        peer_x = sodium.crypto_sign_ed25519_pk_to_curve25519(self.peer_ed)
+        shared = sodium.crypto_scalarmult(me.x_sk, peer_x)
+        lo, hi = sorted([me.ed_pk, self.peer_ed])
+        self.key = hashlib.blake2b(b"gpumesh/datagram/v1" + shared + lo + hi, digest_size=32, key=mesh_key).digest()
+        self.addr = contact["udp"]
+        self.sock = socket.socket(socket.AF_INET6 if ":" in self.addr[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(3)
+
+    def send(self, body, cookie=None):
+        header = bytes([1, 1 if cookie else 0]) + self.me.ed_pk + struct.pack(">Q", int(time.time() * 1000)) + os.urandom(16)
+        if cookie:
+            header += cookie
+        datagram = header + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(body, header, header[34:58], self.key)
+        self.sock.sendto(datagram, self.addr)
+        return len(datagram)
+
+    def receive(self):
+        data, _ = self.sock.recvfrom(65536)
+        assert data[0] == 1 and data[1] == 0, "unexpected header"
+        assert data[2:34] == self.peer_ed, "reply from another key"
+        return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(data[58:], data[:58], data[34:58], self.key), len(data)
+
+
+DHT_HEADER = ">BQH"  # type, request ID, TCP port
+
+
+def dht(contact, mesh_key, name):
+    me = Identity()
+    link = Datagrams(contact, mesh_key, me)
+    checks = {}
+
+    def answer(request_id, body):
+        """Sends a DHT request; answers the node's own PINGs (its check of our address) meanwhile."""
+        while True:
+            reply, size = link.receive()
+            if reply[0] == 16:  # the node checks our address: answer PONG
+                _, rid, _ = struct.unpack(DHT_HEADER, reply[:11])
+                link.send(struct.pack(DHT_HEADER, 17, rid, 0))
+                checks["answered_the_nodes_ping"] = True
+                continue
+            if reply[0] == 5 or struct.unpack(">Q", reply[1:9])[0] == request_id:
+                return reply, size
+
+    # An unpadded FIND_NODE from an address the node has not proven: a cookie challenge, no larger.
+    rid = struct.unpack(">Q", os.urandom(8))[0]
+    target = os.urandom(32)
+    sent = link.send(struct.pack(DHT_HEADER, 18, rid, 0) + target)
+    reply, size = answer(rid, None)
+    assert reply[0] == 5 and reply[1:9] == struct.pack(">Q", rid) and size <= sent, "expected a cookie challenge"
+    # The same request padded to 360 bytes: answered at once, within three times its size.
+    rid = struct.unpack(">Q", os.urandom(8))[0]
+    body = struct.pack(DHT_HEADER, 18, rid, 0) + target
+    sent = link.send(body + bytes(360 - len(body)))
+    reply, size = answer(rid, None)
+    assert reply[0] == 19 and size <= 3 * sent, "expected NODES within 3x"
+    checks["nodes_returned"] = reply[11]
+    # STORE a record signed here; the name's key is BLAKE2b-256("gpumesh/dht-key/v1:" + name).
+    key = hashlib.blake2b(b"gpumesh/dht-key/v1:" + name.encode(), digest_size=32).digest()
+    value = b"from python"
+    unsigned = bytes([1]) + me.ed_pk + key + struct.pack(">QQH", int(time.time() * 1000), int(time.time() * 1000) + 600_000, len(value)) + value
+    record = unsigned + me.signer.sign(b"gpumesh/dht-record/v1" + unsigned).signature
+    rid = struct.unpack(">Q", os.urandom(8))[0]
+    link.send(struct.pack(DHT_HEADER, 20, rid, 0) + record)
+    reply, _ = answer(rid, None)
+    assert reply[0] == 21 and reply[11] == 0, "STORE not stored: %r" % reply[11:]
+    # A replayed sequence is refused (2), a forged signature too (3).
+    link.send(struct.pack(DHT_HEADER, 20, rid + 1, 0) + record[:-1] + bytes([record[-1] ^ 1]))
+    reply, _ = answer(rid + 1, None)
+    assert reply[0] == 21 and reply[11] in (1, 3), "a forged record was not refused"
+    # FIND_VALUE (padded) returns exactly the stored bytes.
+    rid = struct.unpack(">Q", os.urandom(8))[0]
+    body = struct.pack(DHT_HEADER, 22, rid, 0) + key + struct.pack(">H", 0)
+    link.send(body + bytes(360 - len(body)))
+    reply, _ = answer(rid, None)
+    assert reply[0] == 23, "expected VALUES"
+    total, offset, count = struct.unpack(">HHB", reply[11:16])
+    assert total == 1 and offset == 0 and count == 1 and reply[16:] == record, "VALUES differs from the stored record"
+    checks.update({"ok": True, "key": key.hex(), "publisher": me.ed_pk.hex()})
+    return checks
+
+
 def datagram(contact, mesh_key):
     me = Identity()
     peer_ed = contact["key"]
@@ -183,14 +270,20 @@ def datagram(contact, mesh_key):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["channel", "datagram"])
+    parser.add_argument("mode", choices=["channel", "datagram", "dht"])
     parser.add_argument("--contact", required=True)
     parser.add_argument("--mesh-key")
+    parser.add_argument("--name", default="interop")
     args = parser.parse_args()
     contact = parse_contact(args.contact)
     mesh_key = read_mesh_key(args.mesh_key)
     try:
-        result = channel(contact, mesh_key) if args.mode == "channel" else datagram(contact, mesh_key)
+        if args.mode == "channel":
+            result = channel(contact, mesh_key)
+        elif args.mode == "dht":
+            result = dht(contact, mesh_key, args.name)
+        else:
+            result = datagram(contact, mesh_key)
     except Exception as e:  # report every failure as JSON for the calling test
         print(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}))
         return 1

@@ -222,6 +222,9 @@ extension Kademlia {
         /// many known nodes are closer to the key than this node (so it hears from a few holders,
         /// not all twenty).
         public static let replicationRank = 3
+        /// Most keys checked for re-replication per newly met node.
+        public static let replicationKeysPerNewcomer = 256
+        private var replicationCursor = 0
 
         /// A node for `local`, with randomness from `seed`. `signer` (the node's identity) signs
         /// the records it publishes; without one, `publish` refuses.
@@ -298,7 +301,14 @@ extension Kademlia {
         private mutating func replicate(to newcomer: Contact, now: UInt64) -> [Directive] {
             var out: [Directive] = []
             let localID = local.peerID
-            for key in store.keys {
+            // A bounded share of the keys per newcomer, rotating, so a node holding thousands of
+            // keys does not stall its loop when many nodes join at once.
+            let keys = store.keys
+            let n = min(keys.count, Self.replicationKeysPerNewcomer)
+            let start = keys.isEmpty ? 0 : replicationCursor % keys.count
+            replicationCursor &+= n
+            for i in 0..<n {
+                let key = keys[(start + i) % keys.count]
                 let records = store.records(for: key, now: now)
                 guard !records.isEmpty else { continue }
                 let closest = table.closest(to: key, count: settings.k)

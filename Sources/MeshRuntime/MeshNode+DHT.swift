@@ -121,6 +121,7 @@ extension MeshNode {
     /// Looks up the k nodes closest to `target` (from any thread).
     public func lookup(_ target: PeerID) async throws -> DHTLookupResult {
         try await onLoop { node, done in
+            guard !node.stopped else { done(.failure(.stopped)); return }
             let started = EventLoop.monotonicNanoseconds()
             node.dht.run({ instance, now in instance.startLookup(target, now: now) }) { directive in
                 guard case .lookupFinished(_, let result, let hops, let requests) = directive else { return }
@@ -134,6 +135,7 @@ extension MeshNode {
     public func publish(key: PeerID, value: [UInt8], lifetime: Duration = .seconds(3600)) async throws -> Kademlia.PutOutcome {
         let ms = UInt64(max(0, lifetime.milliseconds))
         return try await onLoop { node, done in
+            guard !node.stopped else { done(.failure(.stopped)); return }
             do {
                 try node.dht.publish(key: key, value: value, lifetime: ms) { directive in
                     guard case .putFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
@@ -148,6 +150,7 @@ extension MeshNode {
     /// Reads the records under `key`, verified, up to `limit` publishers (from any thread).
     public func get(key: PeerID, limit: Int = 64) async throws -> Kademlia.GetOutcome {
         try await onLoop { node, done in
+            guard !node.stopped else { done(.failure(.stopped)); return }
             node.dht.run({ instance, now in instance.get(key: key, limit: limit, now: now) }) { directive in
                 guard case .getFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
                 done(.success(outcome))

@@ -244,7 +244,7 @@ public final class MeshNode: @unchecked Sendable {
     private var counts = [Int](repeating: 0, count: NodeCounter.allCases.count)
     private let metrics: [Counter]
     private var pending: [UInt64: PendingRequest] = [:]
-    private var stopped = false
+    private(set) var stopped = false
     var dht: DHTShell!
 
     /// How long an address stays proven after it returned a valid cookie (ms).

@@ -173,4 +173,16 @@ struct DHTNodeTests {
             await node.stop()
         }
     }
+
+    @Test("DHT calls on a stopped node fail at once with .stopped instead of waiting forever")
+    func stoppedNode() async throws {
+        try await withLoop { loop in
+            let node = try await MeshNode.start(on: loop, options: dhtOptions())
+            await node.stop()
+            let key = Kademlia.key(named: "x")
+            await #expect(throws: NodeError.stopped) { _ = try await node.lookup(key) }
+            await #expect(throws: NodeError.stopped) { _ = try await node.publish(key: key, value: [1]) }
+            await #expect(throws: NodeError.stopped) { _ = try await node.get(key: key) }
+        }
+    }
 }

@@ -255,6 +255,45 @@ struct InstanceTests {
         #expect(instance.onMessage(.init(requestID: 12345, body: .pong), from: asker.contact, now: 102).isEmpty)
     }
 
+    @Test("a full bucket pings its least recently seen node only after a quiet minute; a node that never answers is replaced")
+    func evictionPing() {
+        var rng = SeededGenerator(state: 31)
+        let me = makeNode(&rng, port: 1)
+        var s = Kademlia.Settings()
+        s.maxPerPrefixPerBucket = nil
+        s.k = 2
+        var instance = Kademlia.Instance(local: me.contact, settings: s, seed: 9)
+        // Four nodes of bucket 255 (the far half of the ID space).
+        var far: [Kademlia.Node] = []
+        var port: UInt16 = 10
+        while far.count < 4 {
+            let n = makeNode(&rng, port: port)
+            port += 1
+            if instance.table.bucketIndex(for: n.id) == 255 { far.append(n) }
+        }
+        _ = instance.onMessage(.init(requestID: 1, body: .ping), from: far[0].contact, now: 0)
+        _ = instance.onMessage(.init(requestID: 2, body: .ping), from: far[1].contact, now: 10)
+        // Full; the least recently seen node was heard 30 s ago: no ping, the newcomer waits.
+        let early = instance.onMessage(.init(requestID: 3, body: .ping), from: far[2].contact, now: 30_000)
+        #expect(early == [.send(.init(requestID: 3, body: .pong), to: far[2].contact)])
+        #expect(instance.table.replacementCandidates(inBucket: 255).map(\.id) == [far[2].id])
+        // A minute on, the next newcomer makes the node check its least recently seen one.
+        let later = instance.onMessage(.init(requestID: 4, body: .ping), from: far[3].contact, now: 70_000)
+        guard case .send(let check, let to)? = later.first, check.body == .ping, to == far[0].contact,
+              case .setTimeout(let id, let deadline)? = later.dropFirst().first else {
+            Issue.record("expected a ping to the least recently seen node, got \(later)")
+            return
+        }
+        // No answer, twice: it is dropped and the newest waiting candidate takes its place.
+        let retry = instance.onTimeout(requestID: id, now: deadline)
+        guard case .setTimeout(let id2, let deadline2)? = retry.last else { Issue.record("no retry"); return }
+        _ = instance.onTimeout(requestID: id2, now: deadline2)
+        #expect(instance.table.node(far[0].id) == nil)
+        #expect(instance.table.node(far[3].id) != nil)
+        #expect(instance.table.nodes(inBucket: 255).count == 2)
+        #expect(instance.pendingRequests == 0)
+    }
+
     @Test("request timeouts follow the measured round-trip time, within bounds")
     func timeouts() {
         var rng = SeededGenerator(state: 23)

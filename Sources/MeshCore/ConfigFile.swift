@@ -53,7 +53,8 @@ public struct ConfigFile: Sendable, Equatable {
     public init(parsing text: String) throws(Error) {
         var table = ""
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Any line break counts: a file saved with CRLF line ends reads the same.
+        for rawLine in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
             lineNumber += 1
             var scanner = Scanner(Array(rawLine.utf8), line: lineNumber)
             scanner.skipSpaces()

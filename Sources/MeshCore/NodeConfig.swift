@@ -151,7 +151,8 @@ public enum BootstrapPeers {
     /// Parses the file's text; a malformed line is an error naming it.
     public static func parse(_ text: String) throws(ConfigFile.Error) -> [Contact] {
         var out: [Contact] = []
-        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // Any line break counts (in Swift "\r\n" is one Character, so splitting on "\n" would miss it).
+        for (i, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = raw.drop { $0 == " " || $0 == "\t" }
             guard !line.isEmpty, !line.hasPrefix("#") else { continue }
             let token = line.prefix { $0 != " " && $0 != "\t" && $0 != "\r" }

@@ -94,6 +94,9 @@ struct BootstrapConfigTests {
         #expect(peers[0].address(for: .udp)?.port == 7400)
         #expect(throws: ConfigFile.Error.self) { try BootstrapPeers.parse("# ok\n\ngpm1:nothex@udp:1.2.3.4:5\n") }
         do { _ = try BootstrapPeers.parse("# ok\n\ngpm1:nothex@udp:1.2.3.4:5\n") } catch { #expect(error.line == 3) }
+        // A file saved with CRLF line ends reads the same.
+        let crlf = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).joined(separator: "\r\n")
+        #expect(try BootstrapPeers.parse(crlf) == peers)
     }
 
     @Test("the [dht] table: bootstrap contacts, peers file, diversity limit; bad values name their line")
@@ -104,7 +107,10 @@ struct BootstrapConfigTests {
         #expect(config.peersFile == "p.txt" && config.ipDiversityLimit == 0)
         #expect(throws: ConfigFile.Error.self) { try NodeConfig(parsing: "[dht]\n\nbootstrap = [\"gpm1:x\"]\n") }
         #expect(throws: ConfigFile.Error.self) { try NodeConfig(parsing: "[dht]\nip_diversity_limit = 99\n") }
-        // The template init writes parses to the defaults.
+        // The template init writes parses to the defaults, with LF or CRLF line ends.
         #expect(try NodeConfig(parsing: NodeConfig.template) == NodeConfig())
+        #expect(try NodeConfig(parsing: NodeConfig.template.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+            .joined(separator: "\r\n")) == NodeConfig())
+        do { _ = try NodeConfig(parsing: "[dht]\r\n\r\nid_difficulty = 99\r\n") } catch { #expect(error.line == 3) }
     }
 }

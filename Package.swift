@@ -29,6 +29,8 @@ let package = Package(
         // Kademlia as pure state: routing table and iterative lookups (no sockets, injected time).
         .target(name: "MeshDHT", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
+        // Hardware detection (GPUs, CPU, memory, disk) and the GPU catalogue; job executors later.
+        .target(name: "MeshJobs", dependencies: ["MeshCore"], swiftSettings: strict),
         .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(
@@ -51,6 +53,7 @@ let package = Package(
 
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
+        .testTarget(name: "MeshJobsTests", dependencies: ["MeshJobs"], resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",

@@ -161,7 +161,7 @@ extension UInt8 {
 
 extension StringProtocol {
     /// The text without leading and trailing spaces, tabs and line breaks.
-    func trimmingWhitespace() -> Substring {
+    public func trimmingWhitespace() -> Substring {
         let ws: Set<Character> = [" ", "\t", "\n", "\r"]
         let s = Substring(self)
         guard let first = s.firstIndex(where: { !ws.contains($0) }) else { return s[s.endIndex...] }

@@ -28,15 +28,22 @@ extension GPUMesh {
         /// Adds what every result states (build, cores, measure length) and prints it as JSON.
         func printJSON(_ figures: [String: JSONValue]) throws {
             var result = figures
-            #if DEBUG
-            result["build"] = .string("debug")
-            #else
-            result["build"] = .string("release")
-            #endif
-            result["cpu_cores"] = .int(ProcessInfo.processInfo.activeProcessorCount)
             result["seconds_per_measure"] = .double(seconds)
-            try gpumesh.printJSON(result)
+            try printBenchJSON(result)
         }
+    }
+
+    /// Prints a benchmark's figures as one JSON object, with the build kind and core count that
+    /// every result must state.
+    static func printBenchJSON(_ figures: [String: JSONValue]) throws {
+        var result = figures
+        #if DEBUG
+        result["build"] = .string("debug")
+        #else
+        result["build"] = .string("release")
+        #endif
+        result["cpu_cores"] = .int(ProcessInfo.processInfo.activeProcessorCount)
+        try gpumesh.printJSON(result)
     }
 
     /// `gpumesh bench loop`: the event loop, UDP and TCP on loopback.

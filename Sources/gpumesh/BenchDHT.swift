@@ -117,14 +117,7 @@ extension GPUMesh {
             ]
             if let cold = f.cold { result["cold"] = .object(cold.figures) }
             if json {
-                var out = result
-                #if DEBUG
-                out["build"] = .string("debug")
-                #else
-                out["build"] = .string("release")
-                #endif
-                out["cpu_cores"] = .int(ProcessInfo.processInfo.activeProcessorCount)
-                try printJSON(out)
+                try GPUMesh.printBenchJSON(result)
             } else {
                 print("\(nodes) nodes (\(simulate ? "simulated network" : "sealed UDP on loopback, \(loops) loops")), joined in \(String(format: "%.2f", f.joinSeconds)) s")
                 print("lookups            \(f.lookups), success rate \(String(format: "%.4f", Double(f.successes) / n))")

@@ -20,7 +20,7 @@ final class DHTShell {
     private let count: (NodeCounter) -> Void
     private var logger: Logger
     private var outstanding: [UInt64: Outstanding] = [:]
-    private var deadlines = DeadlineHeap()
+    private var deadlines = MinHeap<Deadline>()
     private var deadlineTimer: LoopTimer?
     private var armedFor: UInt64 = .max
     private var tickTimer: LoopTimer?
@@ -177,7 +177,7 @@ final class DHTShell {
                 }
                 send(body, contact.publicKey, address, nil)
             case .setTimeout(let id, let deadline):
-                deadlines.push(deadline, id)
+                deadlines.push(Deadline(at: deadline, requestID: id))
                 arm()
             case .lookupFinished(let id, _, _, _), .putFinished(let id, _), .getFinished(let id, _):
                 completions.removeValue(forKey: id)?(d)
@@ -187,7 +187,7 @@ final class DHTShell {
 
     /// Keeps the one deadline timer set for the earliest deadline.
     private func arm() {
-        guard !stopped, let earliest = deadlines.peek, earliest < armedFor else { return }
+        guard !stopped, let earliest = deadlines.min?.at, earliest < armedFor else { return }
         deadlineTimer?.cancel()
         armedFor = earliest
         let now = Self.now()
@@ -196,7 +196,9 @@ final class DHTShell {
             armedFor = .max
             deadlineTimer = nil
             let now = Self.now()
-            while let id = deadlines.popIfDue(now) {
+            while let due = deadlines.min, due.at <= now {
+                _ = deadlines.pop()
+                let id = due.requestID
                 // Answered requests left the outstanding set; their deadlines pass silently.
                 guard outstanding.removeValue(forKey: id) != nil else { continue }
                 count(.dhtTimeouts)
@@ -210,38 +212,9 @@ final class DHTShell {
     var outstandingCount: Int { outstanding.count }
 }
 
-/// A min-heap of (deadline, request ID).
-struct DeadlineHeap {
-    private var items: [(deadline: UInt64, id: UInt64)] = []
-
-    var peek: UInt64? { items.first?.deadline }
-    var count: Int { items.count }
-
-    mutating func push(_ deadline: UInt64, _ id: UInt64) {
-        items.append((deadline, id))
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard items[i].deadline < items[parent].deadline else { break }
-            items.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    mutating func popIfDue(_ now: UInt64) -> UInt64? {
-        guard let first = items.first, first.deadline <= now else { return nil }
-        items.swapAt(0, items.count - 1)
-        items.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < items.count && items[l].deadline < items[m].deadline { m = l }
-            if r < items.count && items[r].deadline < items[m].deadline { m = r }
-            if m == i { break }
-            items.swapAt(i, m)
-            i = m
-        }
-        return first.id
-    }
+/// A request's deadline in the shell's heap (earliest first; ties by request ID).
+struct Deadline: Comparable {
+    let at: UInt64
+    let requestID: UInt64
+    static func < (a: Deadline, b: Deadline) -> Bool { a.at != b.at ? a.at < b.at : a.requestID < b.requestID }
 }

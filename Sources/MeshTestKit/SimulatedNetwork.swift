@@ -53,7 +53,15 @@ public struct SimulatedNetwork {
     /// The settings every node uses.
     public let settings: Kademlia.Settings
 
-    private var heap: [(time: UInt64, seq: Int, event: Event)] = []
+    private var heap = MinHeap<Scheduled>()
+    /// An event and when it happens; ties keep the order they were scheduled in.
+    private struct Scheduled: Comparable {
+        let time: UInt64
+        let seq: Int
+        let event: Event
+        static func < (a: Scheduled, b: Scheduled) -> Bool { a.time != b.time ? a.time < b.time : a.seq < b.seq }
+        static func == (a: Scheduled, b: Scheduled) -> Bool { a.time == b.time && a.seq == b.seq }
+    }
     private var seq = 0
     private var rng: SplitMix64
 
@@ -97,8 +105,7 @@ public struct SimulatedNetwork {
     /// Schedules an answer from an adversarial identity `from` to node `to`.
     private mutating func deliverAnswer(_ answer: Kademlia.Message, from: PeerID, to: PeerID) {
         let sender = sybils.first { $0.peerID == from } ?? contacts.first { $0.peerID == from }!
-        let span = latency.upperBound - latency.lowerBound + 1
-        push(.deliver(answer, from: sender, to: to), at: now + latency.lowerBound + rng.next() % span)
+        deliver(answer, from: sender, to: to)
     }
 
     /// A key pair from the seeded generator and a loopback contact for node `index`.
@@ -114,35 +121,13 @@ public struct SimulatedNetwork {
 
     private mutating func push(_ event: Event, at time: UInt64) {
         seq += 1
-        heap.append((time, seq, event))
-        var i = heap.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard Self.before(heap[i], heap[parent]) else { break }
-            heap.swapAt(i, parent)
-            i = parent
-        }
+        heap.push(Scheduled(time: time, seq: seq, event: event))
     }
 
-    private static func before(_ a: (time: UInt64, seq: Int, event: Event), _ b: (time: UInt64, seq: Int, event: Event)) -> Bool {
-        a.time != b.time ? a.time < b.time : a.seq < b.seq
-    }
-
-    private mutating func pop() -> (time: UInt64, seq: Int, event: Event)? {
-        guard !heap.isEmpty else { return nil }
-        heap.swapAt(0, heap.count - 1)
-        let top = heap.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < heap.count && Self.before(heap[l], heap[m]) { m = l }
-            if r < heap.count && Self.before(heap[r], heap[m]) { m = r }
-            if m == i { break }
-            heap.swapAt(i, m)
-            i = m
-        }
-        return top
+    /// Schedules `message` to arrive at `to` after a latency drawn from `latency`.
+    private mutating func deliver(_ message: Kademlia.Message, from: Contact, to: PeerID) {
+        let span = latency.upperBound - latency.lowerBound + 1
+        push(.deliver(message, from: from, to: to), at: now + latency.lowerBound + rng.next() % span)
     }
 
     private func separated(_ a: PeerID, _ b: PeerID) -> Bool {
@@ -159,8 +144,7 @@ public struct SimulatedNetwork {
                 let drop = dead.contains(to.peerID) || separated(node.peerID, to.peerID)
                     || (lossRate > 0 && Double(rng.next() % 1_000_000) / 1_000_000 < lossRate)
                 if drop { lost += 1; continue }
-                let span = latency.upperBound - latency.lowerBound + 1
-                push(.deliver(message, from: node, to: to.peerID), at: now + latency.lowerBound + rng.next() % span)
+                deliver(message, from: node, to: to.peerID)
             case .setTimeout(let id, let deadline):
                 push(.timeout(requestID: id, at: node.peerID), at: deadline)
             case .lookupFinished(let id, let result, let hops, _):
@@ -176,9 +160,9 @@ public struct SimulatedNetwork {
 
     /// Runs events until nothing is left to happen.
     public mutating func run() {
-        while let (time, _, event) = pop() {
-            now = max(now, time)
-            switch event {
+        while let next = heap.pop() {
+            now = max(now, next.time)
+            switch next.event {
             case .deliver(let message, let from, let to):
                 if sybilIDs.contains(to) || liars.contains(to), let answer = adversaryAnswer(message) {
                     delivered += 1

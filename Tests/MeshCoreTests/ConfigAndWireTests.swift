@@ -114,3 +114,27 @@ struct BootstrapConfigTests {
         do { _ = try NodeConfig(parsing: "[dht]\r\n\r\nid_difficulty = 99\r\n") } catch { #expect(error.line == 3) }
     }
 }
+
+@Suite("MinHeap")
+struct MinHeapTests {
+    @Test("pops in ascending order whatever the push order, interleaved with pushes")
+    func order() {
+        var rng = SplitMix64(seed: 4)
+        var heap = MinHeap<UInt64>()
+        var mirror: [UInt64] = []
+        for round in 0..<2000 {
+            if round % 3 == 2, let top = heap.pop() {
+                #expect(top == mirror.min())
+                mirror.remove(at: mirror.firstIndex(of: top)!)
+            } else {
+                let v = rng.next() % 500  // duplicates included
+                heap.push(v)
+                mirror.append(v)
+            }
+        }
+        #expect(heap.count == mirror.count)
+        var drained: [UInt64] = []
+        while let v = heap.pop() { drained.append(v) }
+        #expect(drained == mirror.sorted() && heap.isEmpty && heap.min == nil)
+    }
+}

@@ -140,10 +140,7 @@ public enum Kademlia {
                 buckets[b].append(node)
                 return .refreshed
             }
-            if let limit = settings.maxPerPrefixPerBucket, let p = prefix(of: node),
-               buckets[b].filter({ prefix(of: $0) == p }).count >= limit {
-                return .rejectedDiversity
-            }
+            if prefixIsFull(for: node, inBucket: b) { return .rejectedDiversity }
             if buckets[b].count < settings.k {
                 buckets[b].append(node)
                 noteOccupancy(b)
@@ -161,11 +158,13 @@ public enum Kademlia {
         public func hasRoom(for node: Node) -> Bool {
             guard let b = bucketIndex(for: node.id), !buckets[b].contains(where: { $0.id == node.id }),
                   buckets[b].count < settings.k else { return false }
-            if let limit = settings.maxPerPrefixPerBucket, let p = prefix(of: node),
-               buckets[b].filter({ prefix(of: $0) == p }).count >= limit {
-                return false
-            }
-            return true
+            return !prefixIsFull(for: node, inBucket: b)
+        }
+
+        /// True if bucket `b` already holds as many nodes of `node`'s IP prefix as allowed.
+        private func prefixIsFull(for node: Node, inBucket b: Int) -> Bool {
+            guard let limit = settings.maxPerPrefixPerBucket, let p = prefix(of: node) else { return false }
+            return buckets[b].filter { prefix(of: $0) == p }.count >= limit
         }
 
         /// Removes a node that failed to answer; the most recently seen replacement, if any, takes

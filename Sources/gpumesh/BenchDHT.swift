@@ -65,14 +65,12 @@ extension GPUMesh {
         }
 
         struct Figures {
-            var lookups = 0, successes = 0
-            var hops: [Int] = [], latencies: [Double] = []
-            var messages = 0
-            var cpuMilliseconds = 0.0
+            /// The lookups the headline figures come from.
+            var measured = Phase()
+            /// The warm-up lookups (socket runs only).
+            var cold: Phase?
             var rssBytes = 0
             var joinSeconds = 0.0
-            var cookieRetries = 0
-            var cold: Phase?
         }
 
         /// One measured run of lookups.
@@ -83,9 +81,18 @@ extension GPUMesh {
             var cookieRetries = 0
             var cpuMilliseconds = 0.0
 
+            /// Records one finished lookup.
+            mutating func record(success: Bool, hops: Int, latencyMilliseconds: Double) {
+                lookups += 1
+                if success { successes += 1 }
+                self.hops.append(hops)
+                latencies.append(latencyMilliseconds)
+            }
+
             var figures: [String: JSONValue] {
                 let n = Double(max(lookups, 1))
                 return ["lookups": .int(lookups), "success_rate": .double((Double(successes) / n * 10_000).rounded() / 10_000),
+                        "hops_p50": .int(percentile(hops, 0.5) ?? 0), "hops_p99": .int(percentile(hops, 0.99) ?? 0),
                         "latency_ms_p50": .double(((percentile(latencies, 0.5) ?? 0) * 1000).rounded() / 1000),
                         "latency_ms_p99": .double(((percentile(latencies, 0.99) ?? 0) * 1000).rounded() / 1000),
                         "messages_per_lookup": .double((Double(messages) / n * 10).rounded() / 10),
@@ -96,37 +103,27 @@ extension GPUMesh {
 
         func run() async throws {
             bootstrapLogging(nil, default: "error")
-            let f = simulate ? runSimulated() : try await runReal()
+            let all = simulate ? runSimulated() : try await runReal()
+            let f = all.measured
             let n = Double(max(f.lookups, 1))
-            func round(_ x: Double, _ places: Double = 1000) -> Double { (x * places).rounded() / places }
-            var result: [String: JSONValue] = [
-                "mode": .string(simulate ? "simulated" : "udp-loopback-sealed"),
-                "nodes": .int(nodes),
-                "loops": .int(simulate ? 0 : loops),
-                "lookups": .int(f.lookups),
-                "success_rate": .double(round(Double(f.successes) / n, 10_000)),
-                "hops_p50": .int(percentile(f.hops, 0.5) ?? 0),
-                "hops_p99": .int(percentile(f.hops, 0.99) ?? 0),
-                "latency_ms_p50": .double(round(percentile(f.latencies, 0.5) ?? 0)),
-                "latency_ms_p99": .double(round(percentile(f.latencies, 0.99) ?? 0)),
-                "messages_per_lookup": .double(round(Double(f.messages) / n, 10)),
-                "cpu_ms_per_lookup": .double(round(f.cpuMilliseconds / n)),
-                "rss_mib_per_node": .double(round(Double(f.rssBytes) / Double(nodes) / 1_048_576)),
-                "join_s": .double(round(f.joinSeconds, 100)),
-                "cookie_retries_per_lookup": .double(round(Double(f.cookieRetries) / n, 10)),
-            ]
-            if let cold = f.cold { result["cold"] = .object(cold.figures) }
+            var result = f.figures
+            result["mode"] = .string(simulate ? "simulated" : "udp-loopback-sealed")
+            result["nodes"] = .int(nodes)
+            result["loops"] = .int(simulate ? 0 : loops)
+            result["rss_mib_per_node"] = .double((Double(all.rssBytes) / Double(nodes) / 1_048_576 * 1000).rounded() / 1000)
+            result["join_s"] = .double((all.joinSeconds * 100).rounded() / 100)
+            if let cold = all.cold { result["cold"] = .object(cold.figures) }
             if json {
                 try GPUMesh.printBenchJSON(result)
             } else {
-                print("\(nodes) nodes (\(simulate ? "simulated network" : "sealed UDP on loopback, \(loops) loops")), joined in \(String(format: "%.2f", f.joinSeconds)) s")
+                print("\(nodes) nodes (\(simulate ? "simulated network" : "sealed UDP on loopback, \(loops) loops")), joined in \(String(format: "%.2f", all.joinSeconds)) s")
                 print("lookups            \(f.lookups), success rate \(String(format: "%.4f", Double(f.successes) / n))")
                 print("hops               p50 \(percentile(f.hops, 0.5) ?? 0), p99 \(percentile(f.hops, 0.99) ?? 0)")
                 print("latency            p50 \(String(format: "%.3f", percentile(f.latencies, 0.5) ?? 0.0)) ms, p99 \(String(format: "%.3f", percentile(f.latencies, 0.99) ?? 0.0)) ms\(simulate ? " (virtual)" : "")")
                 print("messages/lookup    \(String(format: "%.1f", Double(f.messages) / n))")
                 print("cpu/lookup         \(String(format: "%.3f", f.cpuMilliseconds / n)) ms")
-                print("memory/node        \(String(format: "%.3f", Double(f.rssBytes) / Double(nodes) / 1_048_576)) MiB")
-                if let cold = f.cold {
+                print("memory/node        \(String(format: "%.3f", Double(all.rssBytes) / Double(nodes) / 1_048_576)) MiB")
+                if let cold = all.cold {
                     let c = cold.figures
                     print("cold (first \(cold.lookups) lookups, peers meeting for the first time): cpu/lookup \(c["cpu_ms_per_lookup"]!) ms, latency p99 \(c["latency_ms_p99"]!) ms, messages/lookup \(c["messages_per_lookup"]!)")
                 }
@@ -192,10 +189,7 @@ extension GPUMesh {
                     var target = all[Int(rng.next() % UInt64(nodes))]
                     while target === from { target = all[Int(rng.next() % UInt64(nodes))] }
                     let r = try await from.lookup(target.peerID)
-                    p.lookups += 1
-                    if r.closest.first?.peerID == target.peerID { p.successes += 1 }
-                    p.hops.append(r.hops)
-                    p.latencies.append(r.duration.milliseconds)
+                    p.record(success: r.closest.first?.peerID == target.peerID, hops: r.hops, latencyMilliseconds: r.duration.milliseconds)
                     if i % 100 == 0 { progress("\(label) lookups \(i)/\(count)") }
                 }
                 p.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
@@ -205,9 +199,7 @@ extension GPUMesh {
                 return p
             }
             f.cold = try await measure(warmup ?? lookups, "cold")
-            let warm = try await measure(lookups, "measured")
-            (f.lookups, f.successes, f.hops, f.latencies, f.messages, f.cpuMilliseconds, f.cookieRetries) =
-                (warm.lookups, warm.successes, warm.hops, warm.latencies, warm.messages, warm.cpuMilliseconds, warm.cookieRetries)
+            f.measured = try await measure(lookups, "measured")
             progress("")
             for n in all { await n.stop() }
             return f
@@ -229,13 +221,11 @@ extension GPUMesh {
                 while target == from { target = net.randomLive() }
                 let start = net.now
                 guard let r = net.lookup(target, from: from) else { continue }
-                f.lookups += 1
-                if r.result.first?.id == target { f.successes += 1 }
-                f.hops.append(r.hops)
-                f.latencies.append(Double(net.lastLookupFinishedAt - start))
+                f.measured.record(success: r.result.first?.id == target, hops: r.hops,
+                                  latencyMilliseconds: Double(net.lastLookupFinishedAt - start))
             }
-            f.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
-            f.messages = net.delivered + net.lost - deliveredBefore
+            f.measured.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
+            f.measured.messages = net.delivered + net.lost - deliveredBefore
             return f
         }
     }

@@ -120,46 +120,63 @@ extension MeshNode {
 
     /// Looks up the k nodes closest to `target` (from any thread).
     public func lookup(_ target: PeerID) async throws -> DHTLookupResult {
-        try await onLoop { node, done in
-            guard !node.stopped else { done(.failure(.stopped)); return }
-            let started = EventLoop.monotonicNanoseconds()
-            node.dht.run({ instance, now in instance.startLookup(target, now: now) }) { directive in
-                guard case .lookupFinished(_, let result, let hops, let requests) = directive else { return }
-                done(.success(DHTLookupResult(closest: result.map(\.contact), hops: hops, requests: requests,
-                                              duration: .nanoseconds(Int64(EventLoop.monotonicNanoseconds() - started)))))
-            }
-        }
+        try await onLoop { node, done in node.startLookup(target, done: done) }
     }
 
     /// Signs and publishes `value` under `key`, kept alive by republishing (from any thread).
     public func publish(key: PeerID, value: [UInt8], lifetime: Duration = .seconds(3600)) async throws -> Kademlia.PutOutcome {
         let ms = UInt64(max(0, lifetime.milliseconds))
-        return try await onLoop { node, done in
-            guard !node.stopped else { done(.failure(.stopped)); return }
-            do {
-                try node.dht.publish(key: key, value: value, lifetime: ms) { directive in
-                    guard case .putFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
-                    done(.success(outcome))
-                }
-            } catch {
-                done(.failure(.badRequest("\(error)")))
-            }
-        }
+        return try await onLoop { node, done in node.startPublish(key: key, value: value, lifetimeMilliseconds: ms, done: done) }
     }
 
     /// Reads the records under `key`, verified, up to `limit` publishers (from any thread).
     public func get(key: PeerID, limit: Int = 64) async throws -> Kademlia.GetOutcome {
-        try await onLoop { node, done in
-            guard !node.stopped else { done(.failure(.stopped)); return }
-            node.dht.run({ instance, now in instance.get(key: key, limit: limit, now: now) }) { directive in
-                guard case .getFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
+        try await onLoop { node, done in node.startGet(key: key, limit: limit, done: done) }
+    }
+
+    // The loop-side forms, shared by the async API and the control methods.
+
+    /// Runs a lookup (loop thread); a node that stops first finishes it empty.
+    func startLookup(_ target: PeerID, done: @escaping (Result<DHTLookupResult, NodeError>) -> Void) {
+        guard !stopped else { done(.failure(.stopped)); return }
+        let started = EventLoop.monotonicNanoseconds()
+        dht.run({ instance, now in instance.startLookup(target, now: now) }) { directive in
+            guard case .lookupFinished(_, let result, let hops, let requests) = directive else { return }
+            done(.success(DHTLookupResult(closest: result.map(\.contact), hops: hops, requests: requests,
+                                          duration: .nanoseconds(Int64(EventLoop.monotonicNanoseconds() - started)))))
+        }
+    }
+
+    /// Signs and puts a record (loop thread); a refused value or lifetime is `.badRequest`.
+    func startPublish(key: PeerID, value: [UInt8], lifetimeMilliseconds: UInt64,
+                      done: @escaping (Result<Kademlia.PutOutcome, NodeError>) -> Void) {
+        guard !stopped else { done(.failure(.stopped)); return }
+        do {
+            try dht.publish(key: key, value: value, lifetime: lifetimeMilliseconds) { directive in
+                guard case .putFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
                 done(.success(outcome))
             }
+        } catch {
+            done(.failure(.badRequest("\(error)")))
+        }
+    }
+
+    /// Reads a key's records (loop thread).
+    func startGet(key: PeerID, limit: Int, done: @escaping (Result<Kademlia.GetOutcome, NodeError>) -> Void) {
+        guard !stopped else { done(.failure(.stopped)); return }
+        dht.run({ instance, now in instance.get(key: key, limit: limit, now: now) }) { directive in
+            guard case .getFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
+            done(.success(outcome))
         }
     }
 
     /// Registers the `dht.*` control methods.
     func registerDHTControl(_ control: ControlServer) {
+        /// Node failures as JSON-RPC errors: a refused request is the caller's, anything else the node's.
+        func rpcError(_ error: NodeError) -> JSONRPC.ErrorObject {
+            if case .badRequest(let why) = error { return .invalidParams(why) }
+            return .serverError(error == .stopped ? "the node stopped" : "\(error)")
+        }
         control.register("dht.peers") { [unowned self] _, reply in
             reply(Result { try JSONValue(encoding: makeSnapshot()) }.mapError { .serverError("\($0)") })
         }
@@ -168,13 +185,12 @@ extension MeshNode {
                 reply(.failure(.invalidParams("expected {\"key\": NAME} or {\"key_hex\": 64 hex digits}")))
                 return
             }
-            let started = EventLoop.monotonicNanoseconds()
-            dht.run({ instance, now in instance.startLookup(target, now: now) }) { directive in
-                guard case .lookupFinished(_, let result, let hops, let requests) = directive else { return }
-                let ms = Double(EventLoop.monotonicNanoseconds() - started) / 1e6
-                reply(.success(.object(["target": .string(target.hex), "hops": .int(hops), "requests": .int(requests),
-                                        "latency_ms": .double(ms),
-                                        "closest": .array(result.map { .object(["peer_id": .string($0.id.hex), "contact": .string($0.contact.description)]) })])))
+            startLookup(target) { result in
+                reply(result.map { r in
+                    .object(["target": .string(target.hex), "hops": .int(r.hops), "requests": .int(r.requests),
+                             "latency_ms": .double(r.duration.milliseconds),
+                             "closest": .array(r.closest.map { .object(["peer_id": .string($0.peerID.hex), "contact": .string($0.description)]) })])
+                }.mapError(rpcError))
             }
         }
         control.register("dht.put") { [unowned self] params, reply in
@@ -183,14 +199,11 @@ extension MeshNode {
                 return
             }
             let ttl = UInt64(max(1, params?["ttl_s"]?.intValue ?? 3600)) * 1000
-            do {
-                try dht.publish(key: key, value: value, lifetime: ttl) { directive in
-                    guard case .putFinished(_, let o) = directive else { reply(.failure(.serverError("the node stopped"))); return }
-                    reply(.success(.object(["key": .string(key.hex), "stored": .int(o.stored), "refused": .int(o.refused),
-                                            "failed": .int(o.failed), "hops": .int(o.hops), "requests": .int(o.requests)])))
-                }
-            } catch {
-                reply(.failure(.invalidParams("\(error)")))
+            startPublish(key: key, value: value, lifetimeMilliseconds: ttl) { result in
+                reply(result.map { o in
+                    .object(["key": .string(key.hex), "stored": .int(o.stored), "refused": .int(o.refused),
+                             "failed": .int(o.failed), "hops": .int(o.hops), "requests": .int(o.requests)])
+                }.mapError(rpcError))
             }
         }
         control.register("dht.get") { [unowned self] params, reply in
@@ -199,13 +212,14 @@ extension MeshNode {
                 return
             }
             let limit = min(max(1, params?["limit"]?.intValue ?? 64), 1024)
-            dht.run({ instance, now in instance.get(key: key, limit: limit, now: now) }) { directive in
-                guard case .getFinished(_, let o) = directive else { reply(.failure(.serverError("the node stopped"))); return }
-                reply(Result {
-                    .object(["key": .string(key.hex), "responders": .int(o.responders), "hops": .int(o.hops),
-                             "requests": .int(o.requests), "rejected": .int(o.rejected),
-                             "records": try JSONValue(encoding: o.records.map(DHTRecordJSON.init))])
-                }.mapError { .serverError("\($0)") })
+            startGet(key: key, limit: limit) { result in
+                reply(result.mapError(rpcError).flatMap { o in
+                    Result {
+                        .object(["key": .string(key.hex), "responders": .int(o.responders), "hops": .int(o.hops),
+                                 "requests": .int(o.requests), "rejected": .int(o.rejected),
+                                 "records": try JSONValue(encoding: o.records.map(DHTRecordJSON.init))])
+                    }.mapError { .serverError("\($0)") }
+                })
             }
         }
     }

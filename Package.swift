@@ -1,7 +1,7 @@
 // swift-tools-version: 6.1
 // GPUMesh: a peer-to-peer mesh of GPU providers with no central coordinator.
 // Targets follow ../shared/DESIGN.md; dependencies only point down:
-// gpumesh -> MeshRuntime -> MeshCore/MeshCrypto -> CLibUV/CSodium.
+// gpumesh -> MeshRuntime -> MeshDHT/MeshMarket/MeshJobs -> MeshCore/MeshCrypto -> CLibUV/CSodium.
 import PackageDescription
 
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -31,12 +31,14 @@ let package = Package(
         // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
         // Hardware detection (GPUs, CPU, memory, disk) and the GPU catalogue; job executors later.
         .target(name: "MeshJobs", dependencies: ["MeshCore"], swiftSettings: strict),
+        // Capability records, index keys and shards, the query planner, the search and ranking (pure).
+        .target(name: "MeshMarket", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(
             name: "MeshRuntime",
             dependencies: [
-                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT",
+                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT", "MeshMarket", "MeshJobs",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
@@ -45,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "gpumesh",
             dependencies: [
-                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshTestKit",
+                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshMarket", "MeshJobs", "MeshTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -54,10 +56,11 @@ let package = Package(
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
         .testTarget(name: "MeshJobsTests", dependencies: ["MeshJobs"], resources: [.copy("Fixtures")], swiftSettings: strict),
+        .testTarget(name: "MeshMarketTests", dependencies: ["MeshMarket", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",
-            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", .product(name: "InMemoryLogging", package: "swift-log")],
+            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshMarket", "MeshJobs", .product(name: "InMemoryLogging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]

@@ -15,6 +15,21 @@ public struct WireWriter: Sendable {
     public mutating func u8(_ v: UInt8) { bytes.append(v) }
     /// Appends a big-endian 16-bit integer.
     public mutating func u16(_ v: UInt16) { bytes.append(UInt8(v >> 8)); bytes.append(UInt8(truncatingIfNeeded: v)) }
+    /// Appends a big-endian 32-bit integer.
+    public mutating func u32(_ v: UInt32) {
+        for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt32(shift))) }
+    }
+    /// Appends a one-byte length, then the text's UTF-8 bytes, cut to 255 bytes at a character boundary.
+    public mutating func string8(_ text: String) {
+        var utf8 = Array(text.utf8)
+        if utf8.count > 255 {
+            utf8 = Array(utf8.prefix(255))
+            while let last = utf8.last, last & 0xC0 == 0x80 { utf8.removeLast() }  // drop a cut continuation
+            if let last = utf8.last, last >= 0xC0 { utf8.removeLast() }          // and its lead byte
+        }
+        u8(UInt8(utf8.count))
+        bytes += utf8
+    }
     /// Appends a big-endian 64-bit integer.
     public mutating func u64(_ v: UInt64) {
         for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(shift))) }
@@ -61,6 +76,18 @@ public struct WireReader: Sendable {
         defer { offset += 2 }
         return UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1])
     }
+    /// A big-endian 32-bit integer.
+    public mutating func u32() -> UInt32? {
+        guard let b = raw(4) else { return nil }
+        return b.reduce(0) { $0 << 8 | UInt32($1) }
+    }
+
+    /// Reads a one-byte length and that many bytes of valid UTF-8; nil if short or not UTF-8.
+    public mutating func string8() -> String? {
+        guard let n = u8(), let b = raw(Int(n)) else { return nil }
+        return String(validating: b, as: UTF8.self)
+    }
+
     /// A big-endian 64-bit integer.
     public mutating func u64() -> UInt64? {
         guard remaining >= 8 else { return nil }

@@ -532,6 +532,8 @@ extension Kademlia {
                                        get id: LookupID, now: UInt64) -> [Directive] {
             guard var state = gets[id] else { return [] }
             for r in records {
+                // Another holder's copy of a record already verified needs no second signature check.
+                if let held = state.found[r.publisher], held.encoded == r.encoded { continue }
                 guard r.key == state.outcome.key, r.problem(now: now, settings: settings) == nil else {
                     state.outcome.rejected += 1
                     continue

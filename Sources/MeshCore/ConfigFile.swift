@@ -1,7 +1,7 @@
 /// A parsed configuration file: a documented subset of TOML.
 ///
 /// Supported: `# comments`, `[table]` headers, `key = value` where value is a basic string
-/// (`"..."` with `\"`, `\\`, `\n`, `\t` escapes), an integer, `true`/`false`, or a one-line
+/// (`"..."` with `\"`, `\\`, `\n`, `\t` escapes), an integer, a decimal (`1.5`), `true`/`false`, or a one-line
 /// array of those. Keys are `[A-Za-z0-9_-]+`. Anything else is an error naming the line.
 public struct ConfigFile: Sendable, Equatable {
     /// A value in the file.
@@ -10,6 +10,8 @@ public struct ConfigFile: Sendable, Equatable {
         case string(String)
         /// An integer.
         case integer(Int)
+        /// A decimal number such as `1.5`, kept as written (so `0.1` stays exact).
+        case decimal(String)
         /// A boolean.
         case bool(Bool)
         /// A one-line array.
@@ -20,6 +22,7 @@ public struct ConfigFile: Sendable, Equatable {
             switch self {
             case .string(let s): return "\"" + s.replacingAll("\\", "\\\\").replacingAll("\"", "\\\"") + "\""
             case .integer(let i): return String(i)
+            case .decimal(let d): return d
             case .bool(let b): return String(b)
             case .array(let a): return "[" + a.map(\.description).joined(separator: ", ") + "]"
             }
@@ -102,6 +105,22 @@ public struct ConfigFile: Sendable, Equatable {
         guard let e = entries[key] else { return nil }
         guard case .integer(let i) = e.value else { throw Error(line: e.line, "'\(key)' must be an integer") }
         return i
+    }
+
+    /// A price (points per GPU-hour: an integer or a decimal with up to three places), or nil if
+    /// absent; throws if it is anything else.
+    public func price(_ key: String) throws(Error) -> Price? {
+        guard let e = entries[key] else { return nil }
+        let text: String
+        switch e.value {
+        case .integer(let i): text = String(i)
+        case .decimal(let d): text = d
+        default: throw Error(line: e.line, "'\(key)' must be a number of points such as 1.5")
+        }
+        guard let price = Price(parsing: text) else {
+            throw Error(line: e.line, "'\(key)' = \(text): a price is 0 to 4294967.295 points with at most three decimals")
+        }
+        return price
     }
 
     /// A boolean value, or nil if absent; throws if it has another type.
@@ -202,6 +221,10 @@ private struct Scanner {
             if word == "true" { return .bool(true) }
             if word == "false" { return .bool(false) }
             if let n = Int(word.replacingAll("_", "")), !word.hasPrefix("_") { return .integer(n) }
+            let halves = word.split(separator: ".", omittingEmptySubsequences: false)
+            if halves.count == 2, !halves[0].isEmpty, !halves[1].isEmpty, halves.allSatisfy({ $0.utf8.allSatisfy { $0 >= 48 && $0 <= 57 } }) {
+                return .decimal(word)
+            }
             throw ConfigFile.Error(line: line, "'\(word)' is not a value (strings need double quotes)")
         }
     }

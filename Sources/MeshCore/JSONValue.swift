@@ -50,6 +50,8 @@ public enum JSONValue: Sendable, Equatable, Codable, CustomStringConvertible {
     public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
     /// The integer, if this is one.
     public var intValue: Int? { if case .int(let i) = self { i } else { nil } }
+    /// The boolean, if this is one.
+    public var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
     /// The number as a double, if this is a number.
     public var doubleValue: Double? {
         switch self { case .int(let i): Double(i); case .double(let d): d; default: nil }

@@ -27,11 +27,15 @@ public struct NodeConfig: Sendable, Equatable {
     public var idDifficulty = 0
     /// Disjoint paths per DHT lookup (S/Kademlia's d; 1: plain Kademlia).
     public var disjointPaths = 1
+    /// What this node offers when it provides (`[provider]`).
+    public var provider = ProviderConfig()
 
     /// The settings a node understands, as `table.key`.
     public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file",
                                                 "dht.bootstrap", "dht.peers_file", "dht.ip_diversity_limit",
-                                                "dht.id_difficulty", "dht.disjoint_paths"]
+                                                "dht.id_difficulty", "dht.disjoint_paths",
+                                                "provider.enabled", "provider.price", "provider.slots", "provider.region",
+                                                "provider.executors", "provider.gpus", "provider.record_lifetime_s"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -83,6 +87,7 @@ public struct NodeConfig: Sendable, Equatable {
             guard (1...8).contains(n) else { throw ConfigFile.Error(line: file["dht.disjoint_paths"]!.line, "disjoint_paths must be 1 to 8") }
             disjointPaths = n
         }
+        try provider.read(file)
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
                 throw ConfigFile.Error(line: file["node.log_level"]!.line, "log_level must be one of \(Self.logLevels.joined(separator: ", "))")
@@ -142,6 +147,30 @@ public struct NodeConfig: Sendable, Equatable {
     # try each path's closest nodes, so a few lying peers cannot hide a key. 1: plain Kademlia.
     disjoint_paths = 1
 
+    [provider]
+    # Publish this host's GPUs to the mesh (same as `gpumesh node --provide`).
+    enabled = false
+
+    # Points per GPU-hour asked for a job.
+    price = 1.0
+
+    # Jobs run at once.
+    slots = 1
+
+    # A free-form hint renters see, e.g. "eu-west" or "home-lab" (at most 32 bytes).
+    region = ""
+
+    # Executors to offer; empty: every executor found working on this host.
+    executors = []
+
+    # GPUs to declare when detection fails, in the --simulate-gpus form: "2x rtx-4090" or
+    # "1x my-gpu:20GiB". Declared GPUs replace detected ones.
+    # gpus = "1x rtx-4090"
+
+    # How long the capability record lives in the DHT; it is republished well before then, and a
+    # provider that dies disappears from searches within this time.
+    record_lifetime_s = 600
+
     """
 }
 
@@ -160,5 +189,56 @@ public enum BootstrapPeers {
             catch { throw ConfigFile.Error(line: i + 1, "\(error)") }
         }
         return out
+    }
+}
+
+/// The `[provider]` table: what a node offers when it provides.
+public struct ProviderConfig: Sendable, Equatable {
+    /// Provide at start (as `--provide`).
+    public var enabled = false
+    /// Points per GPU-hour.
+    public var price = Price(millipoints: 1000)
+    /// Concurrent job slots.
+    public var slots = 1
+    /// Region hint.
+    public var region = ""
+    /// Executors offered; empty: every one that works on the host.
+    public var executors: [Executor] = []
+    /// Declared GPUs (the `--simulate-gpus` form), replacing detection.
+    public var gpus: String?
+    /// Capability record lifetime, seconds.
+    public var recordLifetimeSeconds = 600
+
+    /// The defaults.
+    public init() {}
+
+    mutating func read(_ file: ConfigFile) throws(ConfigFile.Error) {
+        if let b = try file.bool("provider.enabled") { enabled = b }
+        if let p = try file.price("provider.price") { price = p }
+        if let n = try file.integer("provider.slots") {
+            guard (1...255).contains(n) else { throw ConfigFile.Error(line: file["provider.slots"]!.line, "slots must be 1 to 255") }
+            slots = n
+        }
+        if let r = try file.string("provider.region") {
+            guard r.utf8.count <= 32 else { throw ConfigFile.Error(line: file["provider.region"]!.line, "region is at most 32 bytes") }
+            region = r
+        }
+        if let list = try file.strings("provider.executors") {
+            executors = []
+            for name in list {
+                guard let e = Executor(rawValue: name) else {
+                    throw ConfigFile.Error(line: file["provider.executors"]!.line,
+                                           "unknown executor '\(name)' (one of \(Executor.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                executors.append(e)
+            }
+        }
+        if let g = try file.string("provider.gpus") { gpus = g }
+        if let n = try file.integer("provider.record_lifetime_s") {
+            guard (10...86_400).contains(n) else {
+                throw ConfigFile.Error(line: file["provider.record_lifetime_s"]!.line, "record_lifetime_s must be 10 to 86400")
+            }
+            recordLifetimeSeconds = n
+        }
     }
 }

@@ -12,9 +12,11 @@ public struct GPUModel: Sendable, Equatable, Codable {
     public var fp32TFLOPS: Double
     /// Peak dense FP16 tensor throughput, TFLOPS.
     public var fp16TFLOPS: Double
+    /// CUDA compute capability ("8.9"), NVIDIA only.
+    public var computeCapability: String?
 
     enum CodingKeys: String, CodingKey {
-        case slug, vendor, vramGiB = "vram_gib", fp32TFLOPS = "fp32_tflops", fp16TFLOPS = "fp16_tflops"
+        case slug, vendor, vramGiB = "vram_gib", fp32TFLOPS = "fp32_tflops", fp16TFLOPS = "fp16_tflops", computeCapability = "compute_capability"
     }
 }
 
@@ -28,13 +30,14 @@ public enum GPUCatalogue {
     /// The model with `slug`, if known.
     public static func model(_ slug: String) -> GPUModel? { bySlug[slug] }
 
-    /// Parses the data table: one model a line, `slug vendor vram_gib fp32 fp16`, `#` comments.
+    /// Parses the data table: one model a line, `slug vendor vram_gib fp32 fp16 cc`, `#` comments.
     static func parse(_ text: String) -> [GPUModel] {
         text.split(separator: "\n").compactMap { line in
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard let first = fields.first, !first.hasPrefix("#"), fields.count == 5,
+            guard let first = fields.first, !first.hasPrefix("#"), fields.count == 6,
                   let vram = Double(fields[2]), let fp32 = Double(fields[3]), let fp16 = Double(fields[4]) else { return nil }
-            return GPUModel(slug: String(fields[0]), vendor: String(fields[1]), vramGiB: vram, fp32TFLOPS: fp32, fp16TFLOPS: fp16)
+            return GPUModel(slug: String(fields[0]), vendor: String(fields[1]), vramGiB: vram, fp32TFLOPS: fp32, fp16TFLOPS: fp16,
+                            computeCapability: fields[5] == "-" ? nil : String(fields[5]))
         }
     }
 

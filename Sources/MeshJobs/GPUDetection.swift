@@ -115,8 +115,9 @@ public enum NvidiaSMI {
 /// out for one GPU). Known models take their memory from the catalogue; unknown ones need a
 /// size, as in `1x my-gpu:24GiB`.
 public enum SimulatedGPUs {
-    /// The GPUs the spec describes, indexed from 0.
-    public static func parse(_ spec: String) throws(DetectionError) -> [GPUInfo] {
+    /// The GPUs the spec describes, indexed from 0, marked as coming from `source` (`.simulated`
+    /// for `--simulate-gpus`, `.config` for GPUs declared in the config file).
+    public static func parse(_ spec: String, source: GPUInfo.Source = .simulated) throws(DetectionError) -> [GPUInfo] {
         var out: [GPUInfo] = []
         for part in spec.split(separator: ",").map({ $0.trimmedString }) where !part.isEmpty {
             var count = 1
@@ -143,8 +144,8 @@ public enum SimulatedGPUs {
             }
             for _ in 0..<count {
                 out.append(GPUInfo(index: out.count, name: String(first), slug: slug, vendor: known?.vendor ?? "unknown", uuid: nil,
-                                   memoryTotalMiB: memory, memoryFreeMiB: memory, computeCapability: nil, driverVersion: nil,
-                                   source: .simulated))
+                                   memoryTotalMiB: memory, memoryFreeMiB: memory, computeCapability: known?.computeCapability, driverVersion: nil,
+                                   source: source))
             }
         }
         guard !out.isEmpty else { throw DetectionError(line: 0, "no GPUs in '\(spec)'") }
@@ -178,6 +179,14 @@ public struct HostFacts: Sendable, Equatable, Codable {
     public var ramMiB: Int
     /// Free disk space where jobs run, MiB.
     public var diskFreeMiB: Int
+
+    /// Host facts from their parts.
+    public init(cpuModel: String, cpuCores: Int, ramMiB: Int, diskFreeMiB: Int) {
+        self.cpuModel = cpuModel
+        self.cpuCores = cpuCores
+        self.ramMiB = ramMiB
+        self.diskFreeMiB = diskFreeMiB
+    }
 
     enum CodingKeys: String, CodingKey { case cpuModel = "cpu_model", cpuCores = "cpu_cores", ramMiB = "ram_mib", diskFreeMiB = "disk_free_mib" }
 

@@ -47,6 +47,17 @@ public struct CapabilityQuery: Sendable, Equatable, Codable {
         case maxPrice = "max_price", minReputation = "min_reputation", limit, includeBusy = "include_busy"
     }
 
+    /// Decodes a query; absent fields take their defaults.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(vendor: try c.decodeIfPresent(String.self, forKey: .vendor), model: try c.decodeIfPresent(String.self, forKey: .model),
+                  minVRAMMiB: try c.decodeIfPresent(Int.self, forKey: .minVRAMMiB), gpus: try c.decodeIfPresent(Int.self, forKey: .gpus) ?? 1,
+                  minComputeCapability: try c.decodeIfPresent(ComputeCapability.self, forKey: .minComputeCapability),
+                  executor: try c.decodeIfPresent(Executor.self, forKey: .executor), maxPrice: try c.decodeIfPresent(Price.self, forKey: .maxPrice),
+                  minReputation: try c.decodeIfPresent(Double.self, forKey: .minReputation), limit: try c.decodeIfPresent(Int.self, forKey: .limit) ?? 10,
+                  includeBusy: try c.decodeIfPresent(Bool.self, forKey: .includeBusy) ?? false)
+    }
+
     /// Most results one query may ask for.
     public static let maxLimit = 2048
 
@@ -123,8 +134,8 @@ public struct CapabilityQuery: Sendable, Equatable, Codable {
         return capability.gpus.filter(accepts).reduce(0) { $0 + $1.count } >= gpus
     }
 
-    /// The index keys to read: the candidate plan with the smallest expected share of providers
-    /// (see `QueryPlan.share(of:)`); ties go to fewer keys.
+    /// The index keys to read: the candidate plan with the lowest `QueryPlan.cost(of:)`; ties go
+    /// to fewer keys, then to the first candidate (any, vendor, model, VRAM, CC).
     public func plan(shards: Int = CapabilityIndex.defaultShards) -> QueryPlan {
         var options: [[IndexKey]] = [[IndexKey(.any)]]
         if let vendor { options.append([IndexKey(.vendor, vendor)]) }
@@ -137,7 +148,7 @@ public struct CapabilityQuery: Sendable, Equatable, Codable {
             options.append((from...CapabilityIndex.ccMajors.upperBound).map { IndexKey(.cc, String($0)) })
         }
         let best = options.enumerated().min { a, b in
-            let (sa, sb) = (QueryPlan.share(of: a.element), QueryPlan.share(of: b.element))
+            let (sa, sb) = (QueryPlan.cost(of: a.element), QueryPlan.cost(of: b.element))
             return sa != sb ? sa < sb : (a.element.count != b.element.count ? a.element.count < b.element.count : a.offset < b.offset)
         }!.element
         return QueryPlan(keys: best.sorted(), shards: shards)
@@ -178,6 +189,15 @@ public struct QueryPlan: Sendable, Equatable {
                 }
             }()
         }
+    }
+
+    /// The planner's cost of reading `keys`, in units of one key's shards read empty: each key
+    /// costs 1 (its shards are read whether or not they hold anything) and reading every
+    /// provider's record costs 2, scaled by the keys' expected `share`. So one model key (1.1)
+    /// beats a vendor (2) beats `any` (3), and several VRAM tiers or CC majors win only when they
+    /// are few: `vram/128` and `vram/192` (2.4) beat `any`, seven tiers (8.4) do not.
+    public static func cost(of keys: [IndexKey]) -> Double {
+        Double(keys.count) + 2 * share(of: keys)
     }
 
     /// "model/rtx-4090 x 32 shards".

@@ -28,7 +28,7 @@ public struct CapabilitySearch: Sendable {
     public private(set) var refused: [CapabilityRecord.Refusal: Int] = [:]
 
     /// A search; `seed` orders the shard reads.
-    public init(query: CapabilityQuery, plan: QueryPlan, seed: UInt64, parallelism: Int = 8, maxLifetime: UInt64 = 86_400_000) {
+    public init(query: CapabilityQuery, plan: QueryPlan, seed: UInt64, parallelism: Int = 16, maxLifetime: UInt64 = 86_400_000) {
         self.query = query
         self.plan = plan
         self.parallelism = max(1, parallelism)

@@ -134,6 +134,9 @@ final class DHTShell {
         apply(out)
     }
 
+    /// Stops republishing the record under `key`.
+    func unpublish(key: PeerID) { instance.unpublish(key: key) }
+
     // MARK: Events from the node
 
     /// A DHT request from an authenticated sender; the node has decided whether its address is proven.

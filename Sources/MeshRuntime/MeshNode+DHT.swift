@@ -172,11 +172,6 @@ extension MeshNode {
 
     /// Registers the `dht.*` control methods.
     func registerDHTControl(_ control: ControlServer) {
-        /// Node failures as JSON-RPC errors: a refused request is the caller's, anything else the node's.
-        func rpcError(_ error: NodeError) -> JSONRPC.ErrorObject {
-            if case .badRequest(let why) = error { return .invalidParams(why) }
-            return .serverError(error == .stopped ? "the node stopped" : "\(error)")
-        }
         control.register("dht.peers") { [unowned self] _, reply in
             reply(Result { try JSONValue(encoding: makeSnapshot()) }.mapError { .serverError("\($0)") })
         }
@@ -190,7 +185,7 @@ extension MeshNode {
                     .object(["target": .string(target.hex), "hops": .int(r.hops), "requests": .int(r.requests),
                              "latency_ms": .double(r.duration.milliseconds),
                              "closest": .array(r.closest.map { .object(["peer_id": .string($0.peerID.hex), "contact": .string($0.description)]) })])
-                }.mapError(rpcError))
+                }.mapError(Self.rpcError))
             }
         }
         control.register("dht.put") { [unowned self] params, reply in
@@ -203,7 +198,7 @@ extension MeshNode {
                 reply(result.map { o in
                     .object(["key": .string(key.hex), "stored": .int(o.stored), "refused": .int(o.refused),
                              "failed": .int(o.failed), "hops": .int(o.hops), "requests": .int(o.requests)])
-                }.mapError(rpcError))
+                }.mapError(Self.rpcError))
             }
         }
         control.register("dht.get") { [unowned self] params, reply in
@@ -213,7 +208,7 @@ extension MeshNode {
             }
             let limit = min(max(1, params?["limit"]?.intValue ?? 64), 1024)
             startGet(key: key, limit: limit) { result in
-                reply(result.mapError(rpcError).flatMap { o in
+                reply(result.mapError(Self.rpcError).flatMap { o in
                     Result {
                         .object(["key": .string(key.hex), "responders": .int(o.responders), "hops": .int(o.hops),
                                  "requests": .int(o.requests), "rejected": .int(o.rejected),
@@ -222,6 +217,12 @@ extension MeshNode {
                 })
             }
         }
+    }
+
+    /// Node failures as JSON-RPC errors: a refused request is the caller's, anything else the node's.
+    static func rpcError(_ error: NodeError) -> JSONRPC.ErrorObject {
+        if case .badRequest(let why) = error { return .invalidParams(why) }
+        return .serverError(error == .stopped ? "the node stopped" : "\(error)")
     }
 
     /// `key` (a name, hashed) or `key_hex` (a raw 256-bit key) from control params.

@@ -62,6 +62,8 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case dhtTimeouts = "dht_timeouts"
     /// DHT requests sent again with an address cookie.
     case dhtCookieRetries = "dht_cookie_retries"
+    /// Capability records refused by searches (forged, expired, misplaced, ...).
+    case capabilityRecordsRefused = "capability_records_refused"
 
     /// The counter for a datagram dropped by the sealer.
     static func dropped(_ reason: DatagramSealer.Drop) -> NodeCounter {
@@ -229,7 +231,7 @@ public final class MeshNode: @unchecked Sendable {
     /// proven. Without a handler the channel is closed at once.
     public var channelHandler: ((SecureChannel) -> Void)?
 
-    private var logger: Logger
+    private(set) var logger: Logger
     private let startedAt = EventLoop.monotonicNanoseconds()
     private let udp: UDPSocket
     private let tcp: StreamListener
@@ -246,6 +248,8 @@ public final class MeshNode: @unchecked Sendable {
     private var pending: [UInt64: PendingRequest] = [:]
     private(set) var stopped = false
     var dht: DHTShell!
+    /// This node's published offer, while it provides.
+    var provider: ProviderState?
 
     /// How long an address stays proven after it returned a valid cookie (ms).
     static let proofLifetimeMilliseconds: UInt64 = 10 * 60_000
@@ -370,7 +374,10 @@ public final class MeshNode: @unchecked Sendable {
         control?.register("node.status") { [unowned self] _, reply in
             reply(Result { try self.statusJSON() }.mapError { .serverError("\($0)") })
         }
-        if let control { registerDHTControl(control) }
+        if let control {
+            registerDHTControl(control)
+            registerMarketControl(control)
+        }
         control?.register("node.ping") { [unowned self] params, reply in
             guard let text = params?["contact"]?.stringValue, let contact = try? Contact(parsing: text) else {
                 reply(.failure(.invalidParams("expected {\"contact\": \"gpm1:...\"}")))
@@ -389,7 +396,7 @@ public final class MeshNode: @unchecked Sendable {
 
     // MARK: Counters
 
-    private func bump(_ counter: NodeCounter, by n: Int = 1) {
+    func bump(_ counter: NodeCounter, by n: Int = 1) {
         let i = counter.index
         counts[i] += n
         metrics[i].increment(by: Int64(n))
@@ -629,8 +636,10 @@ public final class MeshNode: @unchecked Sendable {
 
     private func statusJSON() throws -> JSONValue { try JSONValue(encoding: makeStatus()) }
 
-    /// Stops the node: closes its sockets, removes the control socket, fails outstanding requests.
+    /// Stops the node: withdraws its offer if it provides (waiting at most `withdrawTimeout` for
+    /// the tombstones), closes its sockets, removes the control socket, fails outstanding requests.
     public func stop() async {
+        _ = try? await withdrawOffer()
         _ = try? await loop.submit { self.stopOnLoop() }
     }
 

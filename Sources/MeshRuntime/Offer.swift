@@ -1,0 +1,67 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MeshCore
+import MeshJobs
+import MeshMarket
+
+/// Turns what this host has (detected, declared or simulated GPUs; CPU, memory, disk) and the
+/// provider's terms into the capability it publishes.
+public enum OfferBuilder {
+    /// The memory a renter reasons in: the catalogue's size when the model is known and the
+    /// driver's figure is within 10% of it (a 24 GiB card reports 24,564 MiB), else the figure
+    /// reported.
+    public static func nominalVRAMMiB(_ gpu: GPUInfo) -> Int {
+        guard let model = GPUCatalogue.model(gpu.slug) else { return gpu.memoryTotalMiB }
+        let catalogue = Int(model.vramGiB * 1024)
+        return abs(catalogue - gpu.memoryTotalMiB) <= catalogue / 10 ? catalogue : gpu.memoryTotalMiB
+    }
+
+    /// GPUs grouped by vendor, model, memory and compute capability, in first-seen order.
+    public static func groups(_ gpus: [GPUInfo]) -> [GPUGroup] {
+        var out: [GPUGroup] = []
+        for gpu in gpus {
+            let vendor = GPUCatalogue.model(gpu.slug)?.vendor ?? sanitised(gpu.vendor, max: Capability.maxVendorBytes, fallback: "unknown")
+            let group = GPUGroup(vendor: vendor, slug: sanitised(gpu.slug, max: Capability.maxSlugBytes, fallback: "unknown"),
+                                 vramMiB: nominalVRAMMiB(gpu), count: 1,
+                                 computeCapability: gpu.computeCapability.flatMap(ComputeCapability.init(parsing:)))
+            if let i = out.firstIndex(where: { $0.vendor == group.vendor && $0.slug == group.slug && $0.vramMiB == group.vramMiB
+                && $0.computeCapability == group.computeCapability && $0.count < Capability.maxGPUsPerGroup }) {
+                out[i].count += 1
+            } else {
+                out.append(group)
+            }
+        }
+        return out
+    }
+
+    /// A slug-safe form of a name: lowercase, characters outside `a-z0-9-` dropped, cut to `max`.
+    static func sanitised(_ s: String, max: Int, fallback: String) -> String {
+        let kept = String(String.UnicodeScalarView(s.lowercased().unicodeScalars.filter { ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") || $0 == "-" }))
+        let cut = String(kept.prefix(max))
+        return cut.isEmpty ? fallback : cut
+    }
+
+    /// The capability `contact` offers: its GPUs, the host's facts and the `[provider]` terms;
+    /// every slot free. Executors are the configured ones, or `available` when none is configured.
+    public static func capability(contact: Contact, gpus: [GPUInfo], host: HostFacts, terms: ProviderConfig,
+                                  available: [Executor]) -> Capability {
+        var cpu = host.cpuModel
+        while cpu.utf8.count > Capability.maxCPUModelBytes { cpu.removeLast() }
+        return Capability(contact: contact, gpus: groups(gpus), cpuModel: cpu, cpuCores: host.cpuCores, ramMiB: host.ramMiB,
+                          diskFreeMiB: host.diskFreeMiB, executors: terms.executors.isEmpty ? available : terms.executors,
+                          price: terms.price, freeSlots: terms.slots, totalSlots: terms.slots, region: terms.region)
+    }
+
+    /// The executors whose programs are on `PATH` (`bwrap` for the sandbox, `docker`, `podman`).
+    /// The Jobs layer checks that they work before it runs anything.
+    public static func availableExecutors(path: String? = nil) -> [Executor] {
+        let dirs = (path ?? getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin").split(separator: ":")
+        func found(_ program: String) -> Bool { dirs.contains { access("\($0)/\(program)", X_OK) == 0 } }
+        var out: [Executor] = []
+        if found("bwrap") { out.append(.sandbox) }
+        if found("docker") { out.append(.docker) }
+        if found("podman") { out.append(.podman) }
+        return out
+    }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshDHT
+import MeshJobs
+import MeshMarket
+@testable import MeshRuntime
+import Testing
+
+private func nodeOptions(bootstrap: [Contact] = []) -> MeshNode.Options {
+    var config = NodeConfig()
+    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "test"))
+    o.bootstrap = bootstrap
+    return o
+}
+
+private func until(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    return try await condition()
+}
+
+/// The capability a node offers for a `--simulate-gpus` spec.
+func simulatedOffer(_ node: MeshNode, _ spec: String, price: String = "1", slots: Int = 1) throws -> Capability {
+    var terms = ProviderConfig()
+    terms.price = Price(parsing: price)!
+    terms.slots = slots
+    let host = HostFacts(cpuModel: "Test CPU", cpuCores: 8, ramMiB: 32_768, diskFreeMiB: 100_000)
+    return OfferBuilder.capability(contact: node.contact, gpus: try SimulatedGPUs.parse(spec), host: host, terms: terms, available: [.sandbox])
+}
+
+@Suite("Capability discovery over real sockets", .timeLimit(.minutes(5)))
+struct MarketNodeTests {
+    @Test("100 nodes, mixed simulated GPUs: find returns exactly the matching providers; withdrawn ones vanish at once, killed ones at expiry, forged ones never appear")
+    func hundredNodes() async throws {
+        let loops = try (0..<4).map { try EventLoop(name: "market-\($0)") }
+        defer { loops.forEach { $0.shutdown() } }
+        let first = try await MeshNode.start(on: loops[0], options: nodeOptions())
+        var nodes = [first]
+        for i in 1..<100 { nodes.append(try await MeshNode.start(on: loops[i % 4], options: nodeOptions(bootstrap: [first.contact]))) }
+        let all = nodes
+        #expect(try await until(60) {
+            for n in all { if try await n.dhtState().joined == false { return false } }
+            return true
+        })
+
+        // 60 providers with a mix of GPUs, prices and slots; nodes 60-99 are renters only.
+        let specs = ["1x rtx-4090", "2x rtx-4090", "4x a100-80gb", "1x h100-80gb", "2x rtx-3090", "1x mi300x",
+                     "1x rtx-4090,1x a100-80gb", "8x t4", "1x my-gpu:20GiB", "2x l40s"]
+        var offers: [PublicKey: Capability] = [:]
+        for i in 0..<60 {
+            let busy = i % 13 == 12
+            let offer = try simulatedOffer(nodes[i], specs[i % specs.count], price: ["0.5", "1", "1.5", "2.25"][i % 4], slots: busy ? 1 : 2)
+            // The killed provider (59) lives 6 s, so the test can wait out its expiry.
+            let outcome = try await nodes[i].provide(offer, lifetime: .seconds(i == 59 ? 6 : 600))
+            #expect(outcome.keysStored == outcome.indexNames.count, "provider \(i): \(outcome)")
+            if busy { _ = try await nodes[i].updateOffer(freeSlots: 0) }
+            var published = offer
+            if busy { published.freeSlots = 0 }
+            offers[nodes[i].identity.publicKey] = published
+        }
+
+        let queries: [CapabilityQuery] = [
+            CapabilityQuery(limit: 2048),
+            CapabilityQuery(model: "rtx-4090", limit: 2048),
+            CapabilityQuery(model: "rtx-4090", minVRAMMiB: 24 * 1024, gpus: 2, maxPrice: Price(parsing: "1.5"), limit: 2048),
+            CapabilityQuery(vendor: "amd", limit: 2048),
+            CapabilityQuery(minVRAMMiB: 40 * 1024, gpus: 2, limit: 2048),
+            CapabilityQuery(gpus: 4, minComputeCapability: ComputeCapability(major: 7, minor: 5), limit: 2048),
+            CapabilityQuery(minComputeCapability: ComputeCapability(major: 9, minor: 0), limit: 2048),
+            CapabilityQuery(minVRAMMiB: 20 * 1024, maxPrice: Price(parsing: "0.5"), limit: 2048, includeBusy: true),
+        ]
+        func truth(_ q: CapabilityQuery, without gone: Set<PublicKey> = []) -> Set<PublicKey> {
+            Set(offers.filter { !gone.contains($0.key) && q.matches($0.value) }.keys)
+        }
+        var hits = 0, expected = 0, wrong = 0
+        for (i, q) in queries.enumerated() {
+            let renter = nodes[60 + i]
+            let result = try await renter.find(q, measureRTT: i < 2)
+            let got = Set(result.offers.map(\.record.provider))
+            let want = truth(q)
+            #expect(!want.isEmpty, "query \(i) has no ground truth")
+            hits += got.intersection(want).count
+            expected += want.count
+            wrong += got.subtracting(want).count
+            #expect(result.refused.isEmpty)
+            #expect(result.shardsFailed == 0)
+            if i < 2 { #expect(result.offers.allSatisfy { $0.rttMilliseconds != nil }) }
+            // Ranked by price (nobody has a reputation yet).
+            #expect(result.offers.map(\.record.capability.price) == result.offers.map(\.record.capability.price).sorted())
+        }
+        #expect(wrong == 0, "precision: \(wrong) offers that do not match")
+        #expect(Double(hits) >= 0.99 * Double(expected), "recall \(hits)/\(expected)")
+
+        // A provider that stops cleanly disappears at once.
+        let leaving = nodes[1]
+        let leavingKey = leaving.identity.publicKey
+        await leaving.stop()
+        let afterStop = try await nodes[70].find(CapabilityQuery(model: "rtx-4090", limit: 2048), measureRTT: false)
+        #expect(!afterStop.offers.contains { $0.record.provider == leavingKey })
+        #expect(afterStop.withdrawn >= 1)
+        #expect(Set(afterStop.offers.map(\.record.provider)) == truth(CapabilityQuery(model: "rtx-4090"), without: [leavingKey]))
+
+        // Forged records: a rogue node stores another provider's capability under its own DHT
+        // envelope, a capability with a broken signature, and its own record in a shard it does not
+        // hash to. None of them is ever returned.
+        let rogue = nodes[99]
+        let victim = nodes[0]
+        let victimRecord = try #require(try await victim.currentOffer())
+        let anyKey = IndexKey(.any)
+        let victimShard = CapabilityIndex.shard(of: victim.identity.publicKey)
+        _ = try await rogue.publish(key: Kademlia.key(named: anyKey.shardName(victimShard)), value: victimRecord.encoded)
+        var broken = victimRecord.encoded
+        broken[broken.count - 1] ^= 1
+        _ = try await rogue.publish(key: Kademlia.key(named: IndexKey(.model, "rtx-4090").shardName(victimShard)), value: broken)
+        let rogueOffer = try simulatedOffer(rogue, "8x h200", price: "0.001")
+        let rogueRecord = try CapabilityRecord.sign(rogueOffer, sequence: 1, expiresAt: MeshNode.wallClockMilliseconds() + 60_000, by: rogue.identity)
+        let wrongShard = (CapabilityIndex.shard(of: rogue.identity.publicKey) + 1) % CapabilityIndex.defaultShards
+        _ = try await rogue.publish(key: Kademlia.key(named: anyKey.shardName(wrongShard)), value: rogueRecord.encoded)
+        let withForgeries = try await nodes[80].find(CapabilityQuery(limit: 2048), measureRTT: false)
+        #expect(!withForgeries.offers.contains { $0.record.provider == rogue.identity.publicKey })
+        #expect(withForgeries.refused[.wrongKey, default: 0] >= 1)
+        #expect(withForgeries.refused[.misplaced, default: 0] >= 1)
+        #expect(Set(withForgeries.offers.map(\.record.provider)) == truth(CapabilityQuery(), without: [leavingKey]))
+        let h200 = try await nodes[81].find(CapabilityQuery(model: "h200", limit: 10), measureRTT: false)
+        #expect(h200.offers.isEmpty)
+        let rtx = try await nodes[82].find(CapabilityQuery(model: "rtx-4090", limit: 2048), measureRTT: false)
+        #expect(rtx.refused[.badSignature, default: 0] >= 1)
+
+        // A killed provider (no tombstone) is unreachable at once and gone once its record expires.
+        let killed = nodes[59]
+        let killedKey = killed.identity.publicKey
+        let killedQuery = CapabilityQuery(model: GPUCatalogue.slug(for: specs[59 % specs.count].split(separator: " ").last.map(String.init) ?? ""), limit: 2048)
+        _ = try await killed.loop.submit { killed.provider?.timer?.cancel(); killed.provider = nil }  // no tombstone
+        await killed.stop()
+        let soon = try await nodes[90].find(killedQuery, measureRTT: true)
+        if let stale = soon.offers.first(where: { $0.record.provider == killedKey }) { #expect(stale.rttMilliseconds == nil) }
+        #expect(try await until(15) {
+            try await nodes[91].find(killedQuery, measureRTT: false).offers.allSatisfy { $0.record.provider != killedKey }
+        })
+        // Teardown: every node at once (each stop withdraws its offer first).
+        await withTaskGroup(of: Void.self) { group in
+            for n in all { group.addTask { await n.stop() } }
+        }
+    }
+}

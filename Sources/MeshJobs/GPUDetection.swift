@@ -37,12 +37,14 @@ public struct GPUInfo: Sendable, Equatable, Codable {
     public var computeCapability: String?
     /// Driver version, when reported.
     public var driverVersion: String?
+    /// The CUDA version the driver supports ("12.4"), when reported (NVML).
+    public var cudaVersion: String? = nil
     /// Where these facts came from.
     public var source: Source
 
     enum CodingKeys: String, CodingKey {
         case index, name, slug, vendor, uuid, memoryTotalMiB = "memory_total_mib", memoryFreeMiB = "memory_free_mib"
-        case computeCapability = "compute_capability", driverVersion = "driver_version", source
+        case computeCapability = "compute_capability", driverVersion = "driver_version", cudaVersion = "cuda_version", source
     }
 }
 

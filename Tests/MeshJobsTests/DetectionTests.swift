@@ -118,3 +118,85 @@ struct DetectionParserTests {
         #expect(HostFacts.diskFreeMiB(at: "/no/such/dir") == nil)
     }
 }
+
+@Suite("GPU detection: NVML, rocm-smi, fallbacks")
+struct HardwareDetectionTests {
+    /// Compiles the fake NVML into a shared library; nil (with the reason) where no C compiler runs.
+    func fakeNVML() throws -> String? {
+        let source = try #require(Bundle.module.url(forResource: "Fixtures/fake-nvml.c", withExtension: nil)).path
+        let out = NSTemporaryDirectory() + "fake-nvml-\(UInt32.random(in: 0...UInt32.max)).so"
+        for compiler in ["/usr/bin/cc", "/usr/bin/gcc", "/opt/swift/usr/bin/clang"] where FileManager.default.isExecutableFile(atPath: compiler) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: compiler)
+            p.arguments = ["-shared", "-fPIC", "-o", out, source]
+            try p.run()
+            p.waitUntilExit()
+            if p.terminationStatus == 0 { return out }
+        }
+        return nil
+    }
+
+    @Test("NVML through dlopen: names, UUIDs, memory, compute capability, driver and CUDA versions")
+    func nvml() throws {
+        guard let library = try fakeNVML() else {
+            print("skipped: no C compiler to build the stand-in NVML library")
+            return
+        }
+        defer { try? FileManager.default.removeItem(atPath: library) }
+        let gpus = try NVML.detect(library: library)
+        #expect(gpus.count == 2)
+        #expect(gpus.allSatisfy { $0.slug == "h100-80gb" && $0.vendor == "nvidia" && $0.source == .nvml })
+        #expect(gpus.map(\.memoryTotalMiB) == [81_559, 81_559])
+        #expect(gpus.map(\.memoryFreeMiB) == [81_049, 1024])
+        #expect(gpus[1].uuid == "GPU-1bb1b2c3-d4e5-f607-1829-3a4b5c6d7e81")
+        #expect(gpus[0].computeCapability == "9.0" && gpus[0].driverVersion == "550.54.15" && gpus[0].cudaVersion == "12.4")
+    }
+
+    @Test("a missing NVML is a clear error, not a crash")
+    func nvmlMissing() {
+        #expect { try NVML.detect(library: "/nonexistent/libnvidia-ml.so.1") } throws: {
+            ($0 as? DetectionError)?.message.hasPrefix("NVML is not available") == true
+        }
+        // A library that is not NVML lacks its entry points.
+        #expect { try NVML.detect(library: "libc.so.6") } throws: { ($0 as? DetectionError)?.message == "NVML has no nvmlInit_v2" }
+    }
+
+    @Test("rocm-smi JSON: cards in order, product names, VRAM in bytes, either key case")
+    func rocm() throws {
+        let mi = try ROCmSMI.parse(try fixture("rocm-smi-mi300x-x2.json"))
+        #expect(mi.map(\.slug) == ["mi300x", "mi300x"])
+        #expect(mi.map(\.memoryTotalMiB) == [196_592, 196_592])
+        #expect(mi[1].memoryFreeMiB == 196_592 - 98_304)
+        #expect(mi[0].uuid == "0x18e6a5f1c2b3d4e5" && mi.allSatisfy { $0.vendor == "amd" && $0.source == .rocmSMI })
+        let radeon = try ROCmSMI.parse(try fixture("rocm-smi-radeon-oldkeys.json"))
+        #expect(radeon.count == 1 && radeon[0].slug == "rx-7900-xtx")
+        #expect(throws: DetectionError(line: 0, "rocm-smi output is not JSON")) { try ROCmSMI.parse("ERROR: GPU[0] not found") }
+        #expect(throws: DetectionError(line: 0, "card0 has no 'VRAM Total Memory (B)' figure")) {
+            try ROCmSMI.parse(#"{"card0": {"Card series": "AMD Instinct MI210"}}"#)
+        }
+    }
+
+    @Test("without NVML, detection runs nvidia-smi (a real process) and says what it tried")
+    func fallback() throws {
+        let dir = NSTemporaryDirectory() + "gm-detect-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let csv = try #require(Bundle.module.url(forResource: "Fixtures/nvidia-smi-4090x2.csv", withExtension: nil)).path
+        let script = dir + "/nvidia-smi"
+        try "#!/bin/sh\ncase \"$1\" in --query-gpu=*) exec cat '\(csv)';; *) exit 9;; esac\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let found = GPUDetector.detect(nvmlLibrary: "/nonexistent/libnvidia-ml.so.1", searchPath: dir)
+        #expect(found.gpus.map(\.slug) == ["rtx-4090", "rtx-4090"])
+        #expect(found.attempts.count == 1 && found.attempts[0].hasPrefix("nvml: NVML is not available"))
+        // Nothing installed at all: no GPUs, and a reason for each method.
+        let none = GPUDetector.detect(nvmlLibrary: "/nonexistent/libnvidia-ml.so.1", searchPath: dir + "/empty")
+        #expect(none.gpus.isEmpty)
+        #expect(none.attempts.map { $0.split(separator: ":")[0] } == ["nvml", "nvidia-smi", "rocm-smi"])
+        // A tool that fails is reported, not fatal.
+        try "#!/bin/sh\nexit 3\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let failing = GPUDetector.detect(nvmlLibrary: "/nonexistent/libnvidia-ml.so.1", searchPath: dir)
+        #expect(failing.gpus.isEmpty)
+        #expect(failing.attempts[1].contains("failed (status 3)"))
+    }
+}

@@ -141,6 +141,8 @@ public enum SimulatedGPUs {
                 memory = Int(size / 1_048_576)
             } else if let known {
                 memory = Int(known.vramGiB * 1024)
+            } else if case let variants = GPUCatalogue.models.filter({ $0.slug.hasPrefix(slug + "-") && $0.slug.hasSuffix("gb") }), !variants.isEmpty {
+                throw DetectionError(line: 0, "'\(first)' comes in several sizes: \(variants.map(\.slug).joined(separator: ", "))")
             } else {
                 throw DetectionError(line: 0, "'\(first)' is not a known model; give its memory, e.g. \(first):24GiB")
             }

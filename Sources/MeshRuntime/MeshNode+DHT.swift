@@ -242,7 +242,7 @@ extension MeshNode {
 
 extension JSONValue {
     /// The JSON form of any `Encodable` value.
-    init(encoding value: some Encodable) throws {
+    public init(encoding value: some Encodable) throws {
         let data = try JSONEncoder().encode(value)
         self = try JSONDecoder().decode(JSONValue.self, from: data)
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeshCore
+import MeshMarket
 import MeshRuntime
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +16,9 @@ extension GPUMesh {
             discussion: """
             Settings come from config.toml in the data directory; --udp and --tcp override it.
             The control socket (DATA_DIR/node.sock, mode 0600) speaks JSON-RPC 2.0; `gpumesh status` uses it.
-            On SIGINT or SIGTERM the node closes its sockets, removes the control socket and exits 0.
+            With --provide it publishes a signed capability record of this host's GPUs (detected, declared in
+            [provider] gpus, or --simulate-gpus), republishes it before it expires, and withdraws it on stop.
+            On SIGINT or SIGTERM the node withdraws its offer, closes its sockets, removes the control socket and exits 0.
             """)
 
         @OptionGroup var common: CommonOptions
@@ -26,6 +29,8 @@ extension GPUMesh {
         var bootstrap: [String] = []
         @Option(help: ArgumentHelp("Read bootstrap peers from this file, one contact a line (see Bootstrap/peers.example).", valueName: "file"))
         var peersFile: String?
+        @Flag(help: "Publish this host's GPUs to the mesh (also [provider] enabled = true in the config).") var provide = false
+        @OptionGroup(title: "Provider") var offer: OfferOptions
         @Flag(help: "Print the start-up status as one JSON line.") var json = false
 
         func validate() throws {
@@ -84,6 +89,20 @@ extension GPUMesh {
                     _ = try SignalWatcher.watch(on: loop, signal: sig) { signals.fire($0) }
                 }
             }
+            var offered: Capability?
+            if provide || config.provider.enabled {
+                do {
+                    let capability = try offer.capability(contact: node.contact, config: config, workDirectory: dir.path)
+                    let lifetime = Duration.seconds(offer.terms(config).recordLifetimeSeconds)
+                    let outcome = try await node.provide(capability, lifetime: lifetime)
+                    offered = capability
+                    logger.info("offer published", metadata: ["gpus": "\(describeGPUs(capability.gpus))", "keys": "\(outcome.keysStored)/\(outcome.indexNames.count)"])
+                } catch {
+                    await node.stop()
+                    loop.shutdown()
+                    throw error
+                }
+            }
             let status = try await node.status()
             if json {
                 try printJSON(status)
@@ -93,6 +112,9 @@ extension GPUMesh {
                 print("  control  \(dir.controlSocket)")
                 print(seeds.isEmpty ? "  dht      no bootstrap peers: waiting for others to join through this node"
                                     : "  dht      joining through \(seeds.count) bootstrap peer\(seeds.count == 1 ? "" : "s")")
+                if let offered {
+                    print("  offer    \(describeGPUs(offered.gpus)) at \(offered.price) points per GPU-hour, \(offered.totalSlots) slot\(offered.totalSlots == 1 ? "" : "s")")
+                }
                 print("stop with Ctrl-C or SIGTERM")
             }
             flushOutput()

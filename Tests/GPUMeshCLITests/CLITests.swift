@@ -298,6 +298,54 @@ struct CLITests {
         #expect(rejoined)
     }
 
+    @Test("node --provide publishes simulated GPUs; find lists them (table and JSON), refuses impossible queries, and drops a provider that stopped")
+    func provideAndFind() throws {
+        let a = try tempDataDir(), b = try tempDataDir()
+        #expect(try run(["init", "--data-dir", a]).status == 0)
+        #expect(try run(["init", "--data-dir", b]).status == 0)
+        let shown = try run(["offer", "show", "--data-dir", a, "--simulate-gpus", "2x rtx-4090", "--price", "1.25", "--json"])
+        #expect(shown.status == 0, "\(shown.stderr)")
+        let offer = try json(shown.stdout)
+        #expect(offer["total_gpus"] as? Int == 2 && offer["price"] as? Double == 1.25)
+        #expect((offer["index_keys"] as? [String])?.contains("model/rtx-4090") == true)
+        if !FileManager.default.fileExists(atPath: "/dev/nvidiactl") {  // a host with an NVIDIA driver finds its GPUs through NVML
+            let noGPUs = try run(["offer", "show", "--data-dir", a], environment: ["PATH": "/nonexistent"])
+            #expect(noGPUs.status == 1 && noGPUs.stderr.contains("no GPUs found") && noGPUs.stderr.contains("--simulate-gpus"))
+        }
+
+        let provider = try Background(["node", "--data-dir", a, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--provide",
+                                       "--simulate-gpus", "2x rtx-4090", "--price", "1.25"])
+        defer { _ = provider.stop() }
+        let contact = try #require(provider.firstLine["contact"] as? String)
+        let renter = try Background(["node", "--data-dir", b, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--bootstrap", contact])
+        defer { _ = renter.stop() }
+        var offers: [[String: Any]] = []
+        for _ in 0..<100 where offers.isEmpty {
+            let found = try run(["find", "--data-dir", b, "--gpu", "RTX 4090", "--min-vram", "24GiB", "--gpus", "2", "--max-price", "1.5", "--json"])
+            offers = (try? json(found.stdout)["offers"] as? [[String: Any]]) ?? []
+            if offers.isEmpty { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        #expect(offers.count == 1)
+        #expect(offers.first?["peer_id"] as? String == provider.firstLine["peer_id"] as? String)
+        #expect(offers.first?["rtt_ms"] as? Double != nil)
+        let table = try run(["find", "--data-dir", b, "--gpu", "rtx-4090"])
+        #expect(table.status == 0 && table.stdout.contains("PEER") && table.stdout.contains("2x rtx-4090") && table.stdout.contains("24 GiB"))
+        let cheaper = try json(try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--max-price", "1", "--json"]).stdout)
+        #expect((cheaper["offers"] as? [Any])?.isEmpty == true)
+        for (args, message) in [(["--gpu", "rtx-4090", "--min-vram", "48GiB"], "no rtx-4090 has 48 GiB"),
+                                (["--executor", "qemu"], "'qemu' is not one of sandbox, docker, podman"),
+                                (["--min-vram", "24XB"], "is not a size"), (["--gpus", "0"], "--gpus"),
+                                (["--vendor", "amd", "--gpu", "rtx-4090"], "rtx-4090 is a nvidia GPU, not amd")] {
+            let r = try run(["find", "--data-dir", b] + args)
+            #expect(r.status != 0 && r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+        // The provider stops cleanly: its tombstone hides it at once.
+        #expect(provider.stop() == 0)
+        let after = try json(try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--json"]).stdout)
+        #expect((after["offers"] as? [Any])?.isEmpty == true)
+        #expect(after["withdrawn"] as? Int == 1)
+    }
+
     @Test("init --id-difficulty makes an identity that meets the puzzle; a node whose ID misses its mesh's difficulty refuses to start")
     func idPuzzle() throws {
         let dir = try tempDataDir()

@@ -35,6 +35,45 @@ func percentile<T: Comparable>(_ values: [T], _ q: Double) -> T? {
     return sorted[min(max(rank, 0), sorted.count - 1)]
 }
 
+/// Starts `nodes` nodes on loopback spread over `loops`, all joining through the first, and
+/// waits until every one has joined and no lookup is still running (at most 300 s).
+func startLoopbackMesh(nodes: Int, on loops: [EventLoop], progress: (String) -> Void) async throws -> [MeshNode] {
+    func options(_ bootstrap: [Contact]) -> MeshNode.Options {
+        var config = NodeConfig()
+        config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+        config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+        var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
+        o.bootstrap = bootstrap
+        return o
+    }
+    let started = Date()
+    let first = try await MeshNode.start(on: loops[0], options: options([]))
+    var all = [first]
+    for i in 1..<nodes {
+        all.append(try await MeshNode.start(on: loops[i % loops.count], options: options([first.contact])))
+        if i % 50 == 0 { progress("starting nodes \(i)/\(nodes)") }
+    }
+    // Joined, and quiet: every join lookup and bucket refresh finished.
+    while true {
+        var joined = 0, busy = 0
+        for n in all {
+            let s = try await n.dhtState()
+            if s.joined { joined += 1 }
+            busy += s.activeOperations
+        }
+        progress("joining: \(joined)/\(nodes) joined, \(busy) lookups running")
+        if joined == nodes && busy == 0 { return all }
+        guard Date().timeIntervalSince(started) < 300 else { throw CLIError("the nodes did not finish joining within 300 s") }
+        try await Task.sleep(for: .milliseconds(200))
+    }
+}
+
+/// Writes a progress line to a terminal's standard error (nothing when piped or with --json).
+func benchProgress(_ text: String, json: Bool) {
+    guard !json, isatty(STDERR_FILENO) != 0 else { return }
+    FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+}
+
 extension GPUMesh {
     /// `gpumesh bench dht`: lookups over real sealed UDP on loopback, or on the simulated network.
     struct DHTBench: AsyncParsableCommand {
@@ -130,44 +169,15 @@ extension GPUMesh {
             }
         }
 
-        private func progress(_ text: String) {
-            guard !json, isatty(STDERR_FILENO) != 0 else { return }
-            FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
-        }
+        private func progress(_ text: String) { benchProgress(text, json: json) }
 
         private func runReal() async throws -> Figures {
             var f = Figures()
             let eventLoops = try (0..<loops).map { try EventLoop(name: "dht-\($0)") }
             defer { eventLoops.forEach { $0.shutdown() } }
-            func options(_ bootstrap: [Contact]) -> MeshNode.Options {
-                var config = NodeConfig()
-                config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
-                config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
-                var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
-                o.bootstrap = bootstrap
-                return o
-            }
             let rssBefore = residentBytes()
             let joinStart = Date()
-            let first = try await MeshNode.start(on: eventLoops[0], options: options([]))
-            var all = [first]
-            for i in 1..<nodes {
-                all.append(try await MeshNode.start(on: eventLoops[i % loops], options: options([first.contact])))
-                if i % 50 == 0 { progress("starting nodes \(i)/\(nodes)") }
-            }
-            // Joined, and quiet: every join lookup and bucket refresh finished.
-            while true {
-                var joined = 0, busy = 0
-                for n in all {
-                    let s = try await n.dhtState()
-                    if s.joined { joined += 1 }
-                    busy += s.activeOperations
-                }
-                progress("joining: \(joined)/\(nodes) joined, \(busy) lookups running")
-                if joined == nodes && busy == 0 { break }
-                guard Date().timeIntervalSince(joinStart) < 300 else { throw CLIError("the nodes did not finish joining within 300 s") }
-                try await Task.sleep(for: .milliseconds(200))
-            }
+            let all = try await startLoopbackMesh(nodes: nodes, on: eventLoops, progress: progress)
             f.joinSeconds = Date().timeIntervalSince(joinStart)
             f.rssBytes = residentBytes() - rssBefore
             func totals() async throws -> (datagrams: Int, cookieRetries: Int) {

@@ -173,7 +173,7 @@ extension Kademlia {
 
         private enum Operation: Sendable {
             case put(Record)
-            case get(key: PeerID, limit: Int)
+            case get(key: PeerID, limit: Int, verify: Bool)
         }
 
         private struct PutState: Sendable {
@@ -184,6 +184,7 @@ extension Kademlia {
         private struct GetState: Sendable {
             var outcome: GetOutcome
             let limit: Int
+            let verify: Bool
             let nodes: [Node]
             var next = 0
             var inFlight = 0
@@ -371,8 +372,11 @@ extension Kademlia {
             nextLookupID += 1
             let seeds = table.closest(to: target, count: settings.k)
             let d = settings.disjointPaths
+            // Reads converge on the nearest few; stores and plain lookups on all k.
+            var width: Int?
+            if case .get? = operations[id], settings.readLookupWidth > 0 { width = settings.readLookupWidth }
             guard d > 1, seeds.count >= d else {
-                lookups[id] = Lookup(target: target, seeds: seeds, settings: settings)
+                lookups[id] = Lookup(target: target, seeds: seeds, settings: settings, width: width)
                 return (id, drive(id, now: now))
             }
             // The seeds are dealt out round-robin, each path starting from its share.
@@ -383,7 +387,7 @@ extension Kademlia {
                 nextLookupID += 1
                 let share = stride(from: p, to: seeds.count, by: d).map { seeds[$0] }
                 for n in share { group.claimedBy[n.id] = pathID }
-                lookups[pathID] = Lookup(target: target, seeds: share, settings: settings)
+                lookups[pathID] = Lookup(target: target, seeds: share, settings: settings, width: width)
                 pathGroup[pathID] = id
                 group.running.insert(pathID)
                 paths.append(pathID)
@@ -464,10 +468,12 @@ extension Kademlia {
             return (id, out)
         }
 
-        /// Finds the k nodes closest to `key` and reads the records they hold under it, up to
-        /// `limit` publishers; every record is verified before it is returned.
-        public mutating func get(key: PeerID, limit: Int = 64, now: UInt64) -> (LookupID, [Directive]) {
-            startOperation(.get(key: key, limit: max(1, limit)), target: key, now: now)
+        /// Finds the nodes closest to `key` and reads the records they hold under it, up to
+        /// `limit` publishers. Every record is checked (key, size, expiry) and, unless `verify` is
+        /// false, its signature too; a caller whose values carry their own signature (capability
+        /// records) checks that one instead and saves one Ed25519 verification per record.
+        public mutating func get(key: PeerID, limit: Int = 64, verify: Bool = true, now: UInt64) -> (LookupID, [Directive]) {
+            startOperation(.get(key: key, limit: max(1, limit), verify: verify), target: key, now: now)
         }
 
         private mutating func startOperation(_ op: Operation, target: PeerID, now: UInt64) -> (LookupID, [Directive]) {
@@ -488,9 +494,9 @@ extension Kademlia {
                 var out: [Directive] = []
                 for node in targets { out += request(.store(record), to: node.contact, now: now, purpose: .store(id)) }
                 return out + finishPutIfDone(id)
-            case .get(let key, let limit):
+            case .get(let key, let limit, let verify):
                 var state = GetState(outcome: GetOutcome(key: key, hops: hops, requests: requests),
-                                     limit: limit, nodes: result)
+                                     limit: limit, verify: verify, nodes: result)
                 for r in store.records(for: key, now: now) { state.found[r.publisher] = r }
                 gets[id] = state
                 return pumpGet(id, now: now)
@@ -534,7 +540,7 @@ extension Kademlia {
             for r in records {
                 // Another holder's copy of a record already verified needs no second signature check.
                 if let held = state.found[r.publisher], held.encoded == r.encoded { continue }
-                guard r.key == state.outcome.key, r.problem(now: now, settings: settings) == nil else {
+                guard r.key == state.outcome.key, r.problem(now: now, settings: settings, verifySignature: state.verify) == nil else {
                     state.outcome.rejected += 1
                     continue
                 }

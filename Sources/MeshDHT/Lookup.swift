@@ -12,6 +12,8 @@ extension Kademlia {
         public let target: PeerID
         /// The tunables.
         public let settings: Settings
+        /// How many of the closest known nodes must answer before the lookup ends (k by default).
+        public let width: Int
         private var candidates: [Candidate] = []  // sorted by distance to the target, nearest first
         private var known: Set<PeerID> = []
         private var inFlight = 0
@@ -28,10 +30,12 @@ extension Kademlia {
             var depth: Int
         }
 
-        /// Starts a lookup from the nodes the routing table knows (typically its k closest).
-        public init(target: PeerID, seeds: [Node], settings: Settings = Settings()) {
+        /// Starts a lookup from the nodes the routing table knows (typically its k closest);
+        /// `width` (1 to k, default k) is how many of the closest must answer before it ends.
+        public init(target: PeerID, seeds: [Node], settings: Settings = Settings(), width: Int? = nil) {
             self.target = target
             self.settings = settings
+            self.width = min(max(1, width ?? settings.k), settings.k)
             add(seeds, depth: 1)
         }
 
@@ -54,11 +58,11 @@ extension Kademlia {
         public mutating func next() -> [Node] {
             guard !isFinished else { return [] }
             var out: [Node] = []
-            // Only the k closest not-failed candidates are worth asking.
+            // Only the `width` closest not-failed candidates are worth asking.
             var considered = 0
             for i in candidates.indices where candidates[i].state != .failed {
                 considered += 1
-                if considered > settings.k || inFlight >= settings.alpha { break }
+                if considered > width || inFlight >= settings.alpha { break }
                 if candidates[i].state == .waiting {
                     candidates[i].state = .asked
                     inFlight += 1
@@ -86,21 +90,21 @@ extension Kademlia {
             inFlight -= 1
         }
 
-        /// True when the k closest known (not failed) nodes have all answered, or nothing is left to ask.
+        /// True when the `width` closest known (not failed) nodes have all answered, or nothing is left to ask.
         public var isFinished: Bool {
             var considered = 0
             var pending = false
             for c in candidates where c.state != .failed {
                 considered += 1
-                if considered > settings.k { break }
+                if considered > width { break }
                 if c.state != .answered { pending = true; break }
             }
             return !pending || (inFlight == 0 && !candidates.contains { $0.state == .waiting })
         }
 
-        /// The closest nodes that answered, nearest first (at most k).
+        /// The closest nodes that answered, nearest first (at most `width`).
         public var result: [Node] {
-            Array(candidates.filter { $0.state == .answered }.prefix(settings.k).map(\.node))
+            Array(candidates.filter { $0.state == .answered }.prefix(width).map(\.node))
         }
     }
 }

@@ -80,12 +80,12 @@ extension Kademlia {
         }
 
         /// Why a storing node would refuse this record now, or nil if it is acceptable.
-        /// Cheap checks first; the signature last.
-        public func problem(now: UInt64, settings: Settings) -> StoreStatus? {
+        /// Cheap checks first; the signature last (skipped when `verifySignature` is false).
+        public func problem(now: UInt64, settings: Settings, verifySignature: Bool = true) -> StoreStatus? {
             if value.count > settings.maxValueBytes { return .tooLarge }
             if expiresAt <= now { return .expired }
             if expiresAt - now > settings.maxRecordLifetime { return .expiryTooFar }
-            if !isSignatureValid { return .badSignature }
+            if verifySignature && !isSignatureValid { return .badSignature }
             return nil
         }
 

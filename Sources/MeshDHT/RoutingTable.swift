@@ -28,6 +28,10 @@ public enum Kademlia {
         public var maxRecords = 16_384
         /// How many storing nodes a read asks (nearest first, skipping those that fail).
         public var readWidth = 3
+        /// A read's lookup ends once this many of the closest nodes it knows have answered (a
+        /// store's once all k have): a record lives on the k closest, so converging on the
+        /// nearest few finds holders at about half the requests. 0 or k: full lookups for reads.
+        public var readLookupWidth = 5
         /// Most pages a read takes from one storing node (enough for a full key at one record a page).
         public var maxPagesPerNode = 64
         /// Disjoint paths per lookup (S/Kademlia's d): 1 is plain Kademlia; d > 1 splits the

@@ -162,9 +162,9 @@ extension MeshNode {
     }
 
     /// Reads a key's records (loop thread).
-    func startGet(key: PeerID, limit: Int, done: @escaping (Result<Kademlia.GetOutcome, NodeError>) -> Void) {
+    func startGet(key: PeerID, limit: Int, verify: Bool = true, done: @escaping (Result<Kademlia.GetOutcome, NodeError>) -> Void) {
         guard !stopped else { done(.failure(.stopped)); return }
-        dht.run({ instance, now in instance.get(key: key, limit: limit, now: now) }) { directive in
+        dht.run({ instance, now in instance.get(key: key, limit: limit, verify: verify, now: now) }) { directive in
             guard case .getFinished(_, let outcome) = directive else { done(.failure(.stopped)); return }
             done(.success(outcome))
         }

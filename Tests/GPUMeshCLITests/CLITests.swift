@@ -518,6 +518,22 @@ struct CLITests {
 
 @Suite("gpumesh bench dht", .timeLimit(.minutes(3)))
 struct DHTBenchTests {
+    @Test("bench find --json prints recall, precision, latency and cost, with every match found")
+    func benchFind() throws {
+        let r = try run(["bench", "find", "--json", "--nodes", "30", "--providers", "15", "--queries", "16", "--warmup", "4"], timeout: 150)
+        #expect(r.status == 0, "\(r.stderr)")
+        let s = try json(r.stdout)
+        #expect(s["queries"] as? Int == 16 && s["nodes"] as? Int == 30 && s["providers"] as? Int == 15)
+        #expect(s["recall"] as? Double == 1.0, "\(r.stdout)")
+        #expect(s["precision"] as? Double == 1.0, "\(r.stdout)")
+        for key in ["latency_ms_p50", "latency_ms_p99", "records_fetched_per_query", "datagrams_per_query"] {
+            #expect((s[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        #expect((s["shards_read_per_query"] as? Double ?? 0) >= 32)
+        let bad = try run(["bench", "find", "--nodes", "10", "--providers", "11"])
+        #expect(bad.status != 0 && bad.stderr.contains("--providers must be 1 to --nodes"))
+    }
+
     @Test("bench dht --json, over sockets and simulated, prints the issue's keys with sane values")
     func benchDHT() throws {
         for args in [["--nodes", "24", "--lookups", "30", "--warmup", "10"], ["--simulate", "--nodes", "60", "--lookups", "30"]] {

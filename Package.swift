@@ -28,11 +28,11 @@ let package = Package(
         .target(name: "MeshCore", dependencies: ["MeshCrypto"], swiftSettings: strict),
         // Kademlia as pure state: routing table and iterative lookups (no sockets, injected time).
         .target(name: "MeshDHT", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
-        // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
         // Hardware detection (GPUs, CPU, memory, disk) and the GPU catalogue; job executors later.
         .target(name: "MeshJobs", dependencies: ["MeshCore"], swiftSettings: strict),
         // Capability records, index keys and shards, the query planner, the search and ranking (pure).
         .target(name: "MeshMarket", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
+        // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
         .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(

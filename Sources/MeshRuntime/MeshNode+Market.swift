@@ -352,11 +352,15 @@ extension MeshNode {
         state.finished = true
         bump(.capabilityRecordsRefused, by: state.search.refused.values.reduce(0, +))
         let query = state.search.query
-        let shortlist = Ranking.shortlist(state.search.matches.map { RankedOffer(record: $0) }, limit: query.limit)
+        // Reputation comes from the ledger once there is one; until then every provider is new
+        // (`Ranking.unknownReputation` for the --min-reputation floor).
+        let candidates = state.search.matches.map { RankedOffer(record: $0, reputation: reputation?($0.provider)) }
+            .filter { ($0.reputation ?? Ranking.unknownReputation) >= (query.minReputation ?? 0) }
+        let shortlist = Ranking.shortlist(candidates, limit: query.limit)
         let finish: ([RankedOffer]) -> Void = { offers in
             let s = state.search
             done(.success(FindResult(offers: Array(offers.sorted(by: Ranking.precedes).prefix(query.limit)), plan: s.plan,
-                                     matched: s.matches.count, shardsRead: s.shardsRead, shardsFailed: s.shardsFailed,
+                                     matched: candidates.count, shardsRead: s.shardsRead, shardsFailed: s.shardsFailed,
                                      recordsFetched: s.recordsFetched, refused: s.refused, withdrawn: s.withdrawn,
                                      unreachable: measureRTT ? offers.filter { $0.rttMilliseconds == nil }.count : 0,
                                      duration: .nanoseconds(Int64(EventLoop.monotonicNanoseconds() - state.started)))))

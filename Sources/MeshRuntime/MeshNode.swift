@@ -250,6 +250,9 @@ public final class MeshNode: @unchecked Sendable {
     var dht: DHTShell!
     /// This node's published offer, while it provides.
     var provider: ProviderState?
+    /// This node's view of a peer's reputation (0 to 1; nil: no history), used to rank and filter
+    /// search results. Loop-confined; nil until the ledger provides one.
+    var reputation: ((PublicKey) -> Double?)?
 
     /// How long an address stays proven after it returned a valid cookie (ms).
     static let proofLifetimeMilliseconds: UInt64 = 10 * 60_000

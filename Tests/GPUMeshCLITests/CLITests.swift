@@ -332,6 +332,11 @@ struct CLITests {
         #expect(table.status == 0 && table.stdout.contains("PEER") && table.stdout.contains("2x rtx-4090") && table.stdout.contains("24 GiB"))
         let cheaper = try json(try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--max-price", "1", "--json"]).stdout)
         #expect((cheaper["offers"] as? [Any])?.isEmpty == true)
+        // No history yet: every provider counts as 0.5.
+        let trusted = try json(try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--min-reputation", "0.6", "--json"]).stdout)
+        #expect((trusted["offers"] as? [Any])?.isEmpty == true)
+        let neutral = try json(try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--min-reputation", "0.5", "--json"]).stdout)
+        #expect((neutral["offers"] as? [Any])?.count == 1)
         for (args, message) in [(["--gpu", "rtx-4090", "--min-vram", "48GiB"], "no rtx-4090 has 48 GiB"),
                                 (["--executor", "qemu"], "'qemu' is not one of sandbox, docker, podman"),
                                 (["--min-vram", "24XB"], "is not a size"), (["--gpus", "0"], "--gpus"),

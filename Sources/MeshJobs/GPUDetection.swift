@@ -38,9 +38,25 @@ public struct GPUInfo: Sendable, Equatable, Codable {
     /// Driver version, when reported.
     public var driverVersion: String?
     /// The CUDA version the driver supports ("12.4"), when reported (NVML).
-    public var cudaVersion: String? = nil
+    public var cudaVersion: String?
     /// Where these facts came from.
     public var source: Source
+
+    /// A GPU from its facts.
+    public init(index: Int, name: String, slug: String, vendor: String, uuid: String?, memoryTotalMiB: Int, memoryFreeMiB: Int?,
+                computeCapability: String?, driverVersion: String?, cudaVersion: String? = nil, source: Source) {
+        self.index = index
+        self.name = name
+        self.slug = slug
+        self.vendor = vendor
+        self.uuid = uuid
+        self.memoryTotalMiB = memoryTotalMiB
+        self.memoryFreeMiB = memoryFreeMiB
+        self.computeCapability = computeCapability
+        self.driverVersion = driverVersion
+        self.cudaVersion = cudaVersion
+        self.source = source
+    }
 
     enum CodingKeys: String, CodingKey {
         case index, name, slug, vendor, uuid, memoryTotalMiB = "memory_total_mib", memoryFreeMiB = "memory_free_mib"

@@ -150,3 +150,32 @@ struct MarketNodeTests {
         }
     }
 }
+
+@Suite("Offers from detected hardware")
+struct OfferBuilderTests {
+    @Test("GPUs group by model with the catalogue's nominal memory; unknown models keep what the driver said")
+    func grouping() throws {
+        func gpu(_ name: String, _ mib: Int, _ cc: String?) -> GPUInfo {
+            GPUInfo(index: 0, name: name, slug: GPUCatalogue.slug(for: name, memoryMiB: mib), vendor: "nvidia", uuid: nil, memoryTotalMiB: mib,
+                    memoryFreeMiB: nil, computeCapability: cc, driverVersion: nil, source: .nvidiaSMI)
+        }
+        let groups = OfferBuilder.groups([gpu("NVIDIA GeForce RTX 4090", 24_564, "8.9"), gpu("Tesla T4", 15_360, "7.5"),
+                                          gpu("NVIDIA GeForce RTX 4090", 24_564, "8.9"), gpu("Acme Tensor 9000", 20_000, nil)])
+        #expect(groups == [GPUGroup(vendor: "nvidia", slug: "rtx-4090", vramMiB: 24_576, count: 2, computeCapability: ComputeCapability(major: 8, minor: 9)),
+                           GPUGroup(vendor: "nvidia", slug: "t4", vramMiB: 16_384, count: 1, computeCapability: ComputeCapability(major: 7, minor: 5)),
+                           GPUGroup(vendor: "nvidia", slug: "acme-tensor-9000", vramMiB: 20_000, count: 1)])
+        // A card reporting far from its catalogue size (a cut-down variant) keeps its own figure.
+        #expect(OfferBuilder.nominalVRAMMiB(gpu("NVIDIA GeForce RTX 4090", 16_000, nil)) == 16_000)
+        let key = SigningKey()
+        let contact = Contact.fromEndpoint(publicKey: key.publicKey, udp: SocketAddress(ip: .loopbackV4, port: 7400), tcpPort: 7400)!
+        var terms = ProviderConfig()
+        terms.slots = 3
+        let offer = OfferBuilder.capability(contact: contact, gpus: try SimulatedGPUs.parse("1x rtx-4090"),
+                                            host: HostFacts(cpuModel: String(repeating: "x", count: 200), cpuCores: 4, ramMiB: 1, diskFreeMiB: 1),
+                                            terms: terms, available: [.docker])
+        #expect(offer.problem == nil)
+        #expect(offer.cpuModel.utf8.count == Capability.maxCPUModelBytes)
+        #expect(offer.executors == [.docker] && offer.freeSlots == 3 && offer.totalSlots == 3)
+        #expect(OfferBuilder.availableExecutors(path: "/nonexistent").isEmpty)
+    }
+}

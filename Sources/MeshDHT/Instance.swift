@@ -443,15 +443,18 @@ extension Kademlia {
 
         /// Signs `value` under `key` with this node's identity, stores it locally and on the k
         /// nodes closest to `key`, and keeps republishing it (with a higher sequence and a fresh
-        /// expiry) once half its lifetime has passed, until `unpublish`.
-        public mutating func publish(key: PeerID, value: [UInt8], lifetime: UInt64, now: UInt64) throws(PublishError) -> (LookupID, [Directive]) {
+        /// expiry) once half its lifetime has passed, until `unpublish`. With `keepAlive` false it
+        /// is stored once and this node stops republishing anything under `key` (a last word,
+        /// such as a tombstone).
+        public mutating func publish(key: PeerID, value: [UInt8], lifetime: UInt64, keepAlive: Bool = true,
+                                     now: UInt64) throws(PublishError) -> (LookupID, [Directive]) {
             guard let signer else { throw .noSigningKey }
             guard value.count <= settings.maxValueBytes else { throw .valueTooLarge(value.count, max: settings.maxValueBytes) }
             guard lifetime > 0, lifetime <= settings.maxRecordLifetime else { throw .badLifetime(lifetime, max: settings.maxRecordLifetime) }
             // Wall-clock milliseconds make sequences grow across restarts; +1 keeps them growing within one.
             let sequence = max(now, (published[key]?.record.sequence ?? 0) + 1)
             let record = Record.sign(key: key, value: value, sequence: sequence, expiresAt: now + lifetime, by: signer)
-            published[key] = Published(record: record, lifetime: lifetime)
+            published[key] = keepAlive ? Published(record: record, lifetime: lifetime) : nil
             return put(record, now: now)
         }
 

@@ -128,14 +128,12 @@ final class DHTShell {
     }
 
     /// Starts a publish (signing errors are thrown before anything is sent).
-    func publish(key: PeerID, value: [UInt8], lifetime: UInt64, done: @escaping (Kademlia.Directive) -> Void) throws(Kademlia.PublishError) {
-        let (id, out) = try instance.publish(key: key, value: value, lifetime: lifetime, now: Self.now())
+    func publish(key: PeerID, value: [UInt8], lifetime: UInt64, keepAlive: Bool = true,
+                 done: @escaping (Kademlia.Directive) -> Void) throws(Kademlia.PublishError) {
+        let (id, out) = try instance.publish(key: key, value: value, lifetime: lifetime, keepAlive: keepAlive, now: Self.now())
         completions[id] = done
         apply(out)
     }
-
-    /// Stops republishing the record under `key`.
-    func unpublish(key: PeerID) { instance.unpublish(key: key) }
 
     // MARK: Events from the node
 

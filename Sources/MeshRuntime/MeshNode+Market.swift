@@ -241,34 +241,41 @@ extension MeshNode {
         let names = CapabilityIndex.names(for: state.capability, provider: identity.publicKey)
         let left = state.names.filter { !names.contains($0) }
         var sequence = max(now, (state.record?.sequence ?? 0) + 1)
-        var puts: [(String, CapabilityRecord)] = []
+        var puts: [Put] = []
         do {
             if !left.isEmpty {
                 let tombstone = try CapabilityRecord.sign(state.capability.asWithdrawn, sequence: sequence, expiresAt: now + state.lifetime, by: identity)
-                puts += left.map { ($0, tombstone) }
+                puts += left.map { Put(name: $0, record: tombstone, keepAlive: false) }
                 sequence += 1
             }
             let record = try CapabilityRecord.sign(state.capability, sequence: sequence, expiresAt: now + state.lifetime, by: identity)
             state.record = record
             state.names = names
-            puts += names.map { ($0, record) }
+            puts += names.map { Put(name: $0, record: record, keepAlive: true) }
         } catch {
             done(.failure(.badRequest("\(error)")))
             return
         }
-        for name in left { dht.unpublish(key: Kademlia.key(named: name)) }
         putAll(puts, lifetime: state.lifetime, sequence: sequence, names: names, done: done)
     }
 
-    /// Puts each `(name, record)` and reports once all are done.
-    private func putAll(_ puts: [(String, CapabilityRecord)], lifetime: UInt64, sequence: UInt64, names: [String],
+    /// One capability record to put under one index name; tombstones are put once, live records
+    /// kept alive (the DHT renews their envelope until this node replaces or withdraws them).
+    private struct Put {
+        let name: String
+        let record: CapabilityRecord
+        let keepAlive: Bool
+    }
+
+    /// Performs `puts` and reports once all are done.
+    private func putAll(_ puts: [Put], lifetime: UInt64, sequence: UInt64, names: [String],
                         done: @escaping (Result<OfferOutcome, NodeError>) -> Void) {
         var outcome = OfferOutcome(sequence: sequence, indexNames: names, keysStored: 0, stored: 0, failed: 0)
         var remaining = puts.count
         guard remaining > 0 else { done(.success(outcome)); return }
-        for (name, record) in puts {
+        for put in puts {
             do {
-                try dht.publish(key: Kademlia.key(named: name), value: record.encoded, lifetime: lifetime) { directive in
+                try dht.publish(key: Kademlia.key(named: put.name), value: put.record.encoded, lifetime: lifetime, keepAlive: put.keepAlive) { directive in
                     if case .putFinished(_, let o) = directive {
                         outcome.stored += o.stored
                         outcome.failed += o.failed + o.refused
@@ -306,10 +313,10 @@ extension MeshNode {
         let timer = try? loop.schedule(after: timeout) {
             once(.success(OfferOutcome(sequence: sequence, indexNames: state.names, keysStored: 0, stored: 0, failed: state.names.count)))
         }
-        putAll(state.names.map { ($0, tombstone) }, lifetime: state.lifetime, sequence: sequence, names: state.names) { [self] result in
+        // The tombstones stay stored until they expire; nothing keeps them alive.
+        putAll(state.names.map { Put(name: $0, record: tombstone, keepAlive: false) }, lifetime: state.lifetime, sequence: sequence,
+               names: state.names) { result in
             timer?.cancel()
-            // The tombstones stay stored until they expire; nothing here keeps them alive.
-            for name in state.names { dht.unpublish(key: Kademlia.key(named: name)) }
             once(result.map { $0 })
         }
     }

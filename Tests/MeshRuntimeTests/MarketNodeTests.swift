@@ -144,6 +144,20 @@ struct MarketNodeTests {
         #expect(try await until(15) {
             try await nodes[91].find(killedQuery, measureRTT: false).offers.allSatisfy { $0.record.provider != killedKey }
         })
+        // A provider that changes its GPUs leaves the keys it no longer matches with a tombstone
+        // (put once, not kept alive), and a withdrawn provider keeps nothing alive in the DHT.
+        let changing = nodes[3]  // was 1x h100-80gb
+        let moved = try await changing.provide(try simulatedOffer(changing, "1x mi300x"))
+        #expect(try await changing.dhtSnapshot().recordsPublished == moved.indexNames.count)
+        let h100 = try await nodes[92].find(CapabilityQuery(model: "h100-80gb", limit: 2048), measureRTT: false)
+        #expect(!h100.offers.contains { $0.record.provider == changing.identity.publicKey })
+        #expect(h100.withdrawn >= 1)
+        let mi300x = try await nodes[93].find(CapabilityQuery(model: "mi300x", limit: 2048), measureRTT: false)
+        #expect(mi300x.offers.contains { $0.record.provider == changing.identity.publicKey })
+        _ = try await changing.withdrawOffer()
+        #expect(try await changing.dhtSnapshot().recordsPublished == 0)
+        #expect(try await changing.currentOffer() == nil)
+
         // Teardown: every node at once (each stop withdraws its offer first).
         await withTaskGroup(of: Void.self) { group in
             for n in all { group.addTask { await n.stop() } }

@@ -32,8 +32,10 @@ let package = Package(
         .target(name: "MeshJobs", dependencies: ["MeshCore"], swiftSettings: strict),
         // Capability records, index keys and shards, the query planner, the search and ranking (pure).
         .target(name: "MeshMarket", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
+        // Gossip as pure state: sample, push + IHAVE/IWANT repair, validation, rate limits, peer standing.
+        .target(name: "MeshGossip", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
-        .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto"], swiftSettings: strict),
+        .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshGossip", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(
             name: "MeshRuntime",
@@ -56,6 +58,7 @@ let package = Package(
         .testTarget(name: "MeshCryptoTests", dependencies: ["MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
         .testTarget(name: "MeshJobsTests", dependencies: ["MeshJobs"], resources: [.copy("Fixtures")], swiftSettings: strict),
+        .testTarget(name: "MeshGossipTests", dependencies: ["MeshGossip", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshMarketTests", dependencies: ["MeshMarket", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(

@@ -40,7 +40,7 @@ let package = Package(
         .target(
             name: "MeshRuntime",
             dependencies: [
-                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT", "MeshMarket", "MeshJobs",
+                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
@@ -49,7 +49,7 @@ let package = Package(
         .executableTarget(
             name: "gpumesh",
             dependencies: [
-                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshMarket", "MeshJobs", "MeshTestKit",
+                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",
-            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshMarket", "MeshJobs", .product(name: "InMemoryLogging", package: "swift-log")],
+            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", .product(name: "InMemoryLogging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]

@@ -52,7 +52,7 @@ extension Gossip {
     }
 
     /// Why a received message was dropped.
-    public enum DropReason: String, Sendable, CaseIterable, Codable {
+    public enum DropReason: String, Sendable, CaseIterable, Codable, CodingKeyRepresentable {
         /// Not a well-formed message (or of an unknown topic).
         case malformed
         /// Over `maxMessageBytes`.

@@ -3,6 +3,7 @@ import Logging
 import MeshCore
 import MeshCrypto
 import MeshDHT
+import MeshGossip
 import Metrics
 
 /// What a node counts. Each counter is also reported to swift-metrics as
@@ -62,6 +63,8 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case dhtTimeouts = "dht_timeouts"
     /// DHT requests sent again with an address cookie.
     case dhtCookieRetries = "dht_cookie_retries"
+    /// Gossip datagrams received and handed to the gossip layer.
+    case gossipIn = "gossip_in"
     /// Capability records refused by searches (forged, expired, misplaced, ...).
     case capabilityRecordsRefused = "capability_records_refused"
 
@@ -195,6 +198,8 @@ public final class MeshNode: @unchecked Sendable {
         public var logger: Logger
         /// Peers to join the DHT through (none: this node is the first of its mesh).
         public var bootstrap: [Contact] = []
+        /// Gossip tunables; nil takes the defaults.
+        public var gossipSettings: Gossip.Settings?
         /// DHT tunables; nil takes the defaults, with the IP-prefix diversity limit off when the
         /// node advertises a loopback address (a loopback testnet has one prefix).
         public var dhtSettings: Kademlia.Settings?
@@ -248,6 +253,7 @@ public final class MeshNode: @unchecked Sendable {
     private var pending: [UInt64: PendingRequest] = [:]
     private(set) var stopped = false
     var dht: DHTShell!
+    var gossip: GossipShell!
     /// This node's published offer, while it provides.
     var provider: ProviderState?
     /// This node's view of a peer's reputation (0 to 1; nil: no history), used to rank and filter
@@ -364,8 +370,14 @@ public final class MeshNode: @unchecked Sendable {
         dht = DHTShell(instance: instance, loop: loop, tcpPort: contact.address(for: .tcp)?.port ?? 0, logger: logger,
                        count: { [unowned self] in bump($0) },
                        send: { [unowned self] body, peer, address, cookie in sendBody(body, to: peer, at: address, cookie: cookie) })
+        gossip = GossipShell(instance: Gossip.Instance(local: contact, signer: options.identity,
+                                                       settings: options.gossipSettings ?? Gossip.Settings(), seed: SecureRandom.uint64()),
+                             loop: loop,
+                             candidates: { [unowned self] in (0..<256).flatMap { self.dht.instance.table.nodes(inBucket: $0).map(\.contact) } },
+                             send: { [unowned self] body, peer, address in sendBody(body, to: peer, at: address, cookie: nil) })
         try startServing()
         try dht.start()
+        try gossip.start()
         dht.join(through: options.bootstrap)
         logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)",
                                                "mesh": "\(meshKey.isPublicMesh ? "public" : meshKey.fingerprint)"])
@@ -380,6 +392,7 @@ public final class MeshNode: @unchecked Sendable {
         if let control {
             registerDHTControl(control)
             registerMarketControl(control)
+            registerGossipControl(control)
         }
         control?.register("node.ping") { [unowned self] params, reply in
             guard let text = params?["contact"]?.stringValue, let contact = try? Contact(parsing: text) else {
@@ -428,6 +441,15 @@ public final class MeshNode: @unchecked Sendable {
         }
         if let first = opened.body.first, Kademlia.Wire.isDHT(first) {
             receivedDHT(opened, from: from, datagramBytes: bytes.count)
+            return
+        }
+        if let first = opened.body.first, Gossip.Wire.isGossip(first) {
+            guard let sender = Contact.fromEndpoint(publicKey: opened.sender, udp: from, tcpPort: 0),
+                  gossip.received(opened.body, from: sender, proven: isProven(from)) else {
+                bump(.droppedMalformed)
+                return
+            }
+            bump(.gossipIn)
             return
         }
         guard let message = DatagramMessage(decoding: opened.body) else {
@@ -652,6 +674,7 @@ public final class MeshNode: @unchecked Sendable {
         control?.close()
         control = nil
         dht.stop()
+        gossip.stop()
         udp.close()
         tcp.close()
         let waiting = pending

@@ -52,7 +52,7 @@ extension GPUMesh {
     struct Debug: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Interoperability and reachability tools.",
-            subcommands: [Echo.self, Ping.self])
+            subcommands: [Echo.self, Ping.self, Publish.self])
     }
 }
 

@@ -351,6 +351,38 @@ struct CLITests {
         #expect(after["withdrawn"] as? Int == 1)
     }
 
+    @Test("debug publish on one node is delivered on another; gossip stats shows it; a bad topic is refused")
+    func gossipCommands() throws {
+        let a = try tempDataDir(), b = try tempDataDir()
+        #expect(try run(["init", "--data-dir", a]).status == 0)
+        #expect(try run(["init", "--data-dir", b]).status == 0)
+        let first = try Background(["node", "--data-dir", a, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json"])
+        defer { _ = first.stop() }
+        let contact = try #require(first.firstLine["contact"] as? String)
+        let second = try Background(["node", "--data-dir", b, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--bootstrap", contact])
+        defer { _ = second.stop() }
+        var sampled = false
+        for _ in 0..<100 where !sampled {
+            sampled = (try json(try run(["gossip", "stats", "--data-dir", a, "--json"]).stdout)["sample"] as? [Any])?.count == 1
+            if !sampled { Thread.sleep(forTimeInterval: 0.1) }
+        }
+        #expect(sampled)
+        let published = try run(["debug", "publish", "--data-dir", a, "debug", "hello, mesh", "--json"])
+        #expect(published.status == 0, "\(published.stderr)")
+        #expect((try json(published.stdout)["id"] as? String)?.count == 64)
+        var delivered = 0
+        for _ in 0..<50 where delivered == 0 {
+            let stats = try json(try run(["gossip", "stats", "--data-dir", b, "--json"]).stdout)["stats"] as? [String: Any]
+            delivered = stats?["delivered"] as? Int ?? 0
+            if delivered == 0 { Thread.sleep(forTimeInterval: 0.1) }
+        }
+        #expect(delivered == 1)
+        let human = try run(["gossip", "stats", "--data-dir", b])
+        #expect(human.status == 0 && human.stdout.contains("1 delivered"))
+        let bad = try run(["debug", "publish", "--data-dir", a, "rumours", "x"])
+        #expect(bad.status != 0 && bad.stderr.contains("'rumours' is not a topic"))
+    }
+
     @Test("init --id-difficulty makes an identity that meets the puzzle; a node whose ID misses its mesh's difficulty refuses to start")
     func idPuzzle() throws {
         let dir = try tempDataDir()

@@ -100,6 +100,10 @@ public enum Gossip {
         public static let pushType: UInt8 = 24, ihaveType: UInt8 = 25, iwantType: UInt8 = 26
         /// Most IDs in one IHAVE or IWANT (fits one datagram).
         public static let maxIDs = 32
+        /// IWANTs are padded with zeros to at least this many bytes, so that a node can answer one
+        /// from an address it has not verified with at most three times as many bytes (the
+        /// bound the DHT keeps too): a message is at most 1,100 bytes.
+        public static let paddedIWantBytes = 380
 
         /// True for a gossip body type.
         public static func isGossip(_ type: UInt8) -> Bool { (pushType...iwantType).contains(type) }
@@ -109,7 +113,9 @@ public enum Gossip {
             switch self {
             case .push(let hops, let message): return [Self.pushType, hops] + message
             case .ihave(let ids): return [Self.ihaveType, UInt8(min(ids.count, Self.maxIDs))] + ids.prefix(Self.maxIDs).flatMap(\.bytes)
-            case .iwant(let ids): return [Self.iwantType, UInt8(min(ids.count, Self.maxIDs))] + ids.prefix(Self.maxIDs).flatMap(\.bytes)
+            case .iwant(let ids):
+                let body = [Self.iwantType, UInt8(min(ids.count, Self.maxIDs))] + ids.prefix(Self.maxIDs).flatMap(\.bytes)
+                return body + [UInt8](repeating: 0, count: max(0, Self.paddedIWantBytes - body.count))
             }
         }
 
@@ -121,7 +127,10 @@ public enum Gossip {
                 self = .push(hops: bytes[1], message: Array(bytes[2...]))
             case Self.ihaveType, Self.iwantType:
                 let n = Int(bytes[1])
-                guard n >= (bytes[0] == Self.ihaveType ? 0 : 1), n <= Self.maxIDs, bytes.count == 2 + 32 * n else { return nil }
+                let isWant = bytes[0] == Self.iwantType
+                guard n >= (isWant ? 1 : 0), n <= Self.maxIDs, bytes.count >= 2 + 32 * n else { return nil }
+                // Only an IWANT carries padding, and padding is zeros.
+                guard bytes.count == 2 + 32 * n || (isWant && bytes[(2 + 32 * n)...].allSatisfy { $0 == 0 }) else { return nil }
                 let ids = (0..<n).map { MessageID(Array(bytes[(2 + 32 * $0)..<(2 + 32 * ($0 + 1))])) }
                 self = bytes[0] == Self.ihaveType ? .ihave(ids) : .iwant(ids)
             default:

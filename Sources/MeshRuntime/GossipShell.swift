@@ -52,12 +52,22 @@ final class GossipShell {
         return message
     }
 
-    /// A gossip datagram body from an authenticated sender. IWANTs are answered only when the
-    /// sender's address is proven: the answer is larger than the question.
-    func received(_ body: [UInt8], from sender: Contact, proven: Bool) -> Bool {
+    /// A gossip datagram body from an authenticated sender. To an address not proven to be the
+    /// sender's, the answers to an IWANT may total at most three times the IWANT's datagram
+    /// (`Gossip.Wire.paddedIWantBytes` makes one message fit): the rest are not sent.
+    func received(_ body: [UInt8], from sender: Contact, proven: Bool, datagramBytes: Int) -> Bool {
         guard let wire = Gossip.Wire(decoding: body) else { return false }
-        if case .iwant = wire, !proven { return false }
-        apply(instance.receive(wire, from: sender, now: DHTShell.now()))
+        var out = instance.receive(wire, from: sender, now: DHTShell.now())
+        if case .iwant = wire, !proven {
+            var budget = 3 * datagramBytes
+            out = out.filter { d in
+                guard case .send(let answer, _) = d else { return true }
+                let size = DatagramSealer.overhead + answer.encode().count
+                budget -= size
+                return budget >= 0
+            }
+        }
+        apply(out)
         return true
     }
 

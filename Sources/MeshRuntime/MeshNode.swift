@@ -445,7 +445,7 @@ public final class MeshNode: @unchecked Sendable {
         }
         if let first = opened.body.first, Gossip.Wire.isGossip(first) {
             guard let sender = Contact.fromEndpoint(publicKey: opened.sender, udp: from, tcpPort: 0),
-                  gossip.received(opened.body, from: sender, proven: isProven(from)) else {
+                  gossip.received(opened.body, from: sender, proven: isProven(from), datagramBytes: bytes.count) else {
                 bump(.droppedMalformed)
                 return
             }

@@ -555,6 +555,17 @@ struct CLITests {
 
 @Suite("gpumesh bench dht", .timeLimit(.minutes(3)))
 struct DHTBenchTests {
+    @Test("bench gossip --json prints coverage, latency, datagrams and duplicates")
+    func benchGossip() throws {
+        let r = try run(["bench", "gossip", "--json", "--nodes", "20", "--messages", "5", "--interval", "50"], timeout: 120)
+        #expect(r.status == 0, "\(r.stderr)")
+        let s = try json(r.stdout)
+        #expect(s["nodes"] as? Int == 20 && s["messages"] as? Int == 5)
+        #expect(s["coverage"] as? Double == 1.0, "\(r.stdout)")
+        for key in ["latency_ms_p50", "latency_ms_p99", "datagrams_per_node_per_message"] { #expect((s[key] as? Double ?? 0) > 0, "\(key)") }
+        #expect(s["duplicates_per_node_per_message"] is Double)
+    }
+
     @Test("bench find --json prints recall, precision, latency and cost, with every match found")
     func benchFind() throws {
         let r = try run(["bench", "find", "--json", "--nodes", "30", "--providers", "15", "--queries", "16", "--warmup", "4"], timeout: 150)

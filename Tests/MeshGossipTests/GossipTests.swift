@@ -24,6 +24,12 @@ struct GossipWireTests {
         #expect(Gossip.Wire(decoding: [25, 2] + m.id.bytes) == nil)        // says two IDs, carries one
         #expect(Gossip.Wire(decoding: [26, 0]) == nil)                    // an empty IWANT asks nothing
         #expect(Gossip.Wire(decoding: [25, 0]) == .ihave([]))             // an empty IHAVE is a keepalive
+        #expect(Gossip.Wire.iwant([m.id]).encode().count == Gossip.Wire.paddedIWantBytes)
+        #expect(Gossip.Wire(decoding: Gossip.Wire.iwant([m.id]).encode() + [0]) == .iwant([m.id]))
+        #expect(Gossip.Wire(decoding: Gossip.Wire.iwant([m.id]).encode() + [1]) == nil)  // padding is zeros
+        #expect(Gossip.Wire(decoding: Gossip.Wire.ihave([m.id]).encode() + [0]) == nil)  // and only IWANTs have it
+        // The answer to a padded IWANT (one message of the largest size) is at most three times it.
+        #expect(2 + 1100 <= 3 * Gossip.Wire.paddedIWantBytes)
         #expect(Gossip.Wire(decoding: [99, 0, 1]) == nil)
         var unknownTopic = SignedEnvelope.sign(domain: Gossip.domain, body: [77, 1], sequence: 1, expiresAt: t0, by: key).encoded
         #expect(Gossip.Message(decoding: unknownTopic) == nil)
@@ -48,7 +54,7 @@ struct GossipInstanceTests {
         out.compactMap { if case .send(let w, let c) = $0 { (w, c) } else { nil } }
     }
 
-    @Test("a valid push is delivered once, pushed to the fanout and announced to the rest of the sample; copies are duplicates")
+    @Test("a valid push is delivered once, pushed to three sample peers and announced to the rest of the sample; copies are duplicates")
     func pushAndForward() throws {
         var (g, others, _) = node(peers: 20)
         #expect(g.sample.count == 8)
@@ -57,7 +63,7 @@ struct GossipInstanceTests {
         let out = g.receive(.push(hops: 2, message: m.envelope.encoded), from: g.sample[0], now: t0)
         #expect(out.first == .deliver(m))
         let s = sends(out)
-        #expect(s.count == 7)  // the sample minus the sender
+        #expect(s.count == 7)  // 3 pushes and 4 announcements: the sample minus the sender
         #expect(s.filter { if case .push(3, _) = $0.0 { true } else { false } }.count == 3)
         #expect(s.filter { if case .ihave([m.id]) = $0.0 { true } else { false } }.count == 4)
         #expect(!s.contains { $0.1.peerID == g.sample[0].peerID })

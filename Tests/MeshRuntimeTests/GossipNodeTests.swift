@@ -63,7 +63,7 @@ struct GossipNodeTests {
         let forged = bytes
         let liar = nodes[6].contact
         _ = try await victim.loop.submit {
-            victim.gossip.received(Gossip.Wire.push(hops: 1, message: forged).encode(), from: liar, proven: true)
+            victim.gossip.received(Gossip.Wire.push(hops: 1, message: forged).encode(), from: liar, proven: true, datagramBytes: forged.count + 60)
         }
         let snapshot = try await victim.gossipSnapshot()
         #expect(snapshot.stats.dropped[.badSignature] == 1)

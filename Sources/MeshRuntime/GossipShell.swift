@@ -31,6 +31,7 @@ final class GossipShell {
             instance.setCandidates(candidates(), now: DHTShell.now())
             arm()
         }
+        arm()  // the wake timer exists from the start: a node's handle count is steady from then on
     }
 
     func stop() {

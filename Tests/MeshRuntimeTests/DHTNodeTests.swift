@@ -7,14 +7,6 @@ import MeshDHT
 @testable import MeshRuntime
 import Testing
 
-private func dhtOptions(bootstrap: [Contact] = [], logger: Logger = Logger(label: "test")) -> MeshNode.Options {
-    var config = NodeConfig()
-    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
-    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
-    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: logger)
-    o.bootstrap = bootstrap
-    return o
-}
 
 /// Polls `condition` every 50 ms until it holds or `seconds` pass.
 private func eventually(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
@@ -32,9 +24,9 @@ struct DHTNodeTests {
     func sixtyFour() async throws {
         let loops = try [EventLoop(name: "dht-a"), EventLoop(name: "dht-b")]
         defer { loops.forEach { $0.shutdown() } }
-        let first = try await MeshNode.start(on: loops[0], options: dhtOptions())
+        let first = try await MeshNode.start(on: loops[0], options: loopbackOptions())
         var nodes = [first]
-        for i in 1..<64 { nodes.append(try await MeshNode.start(on: loops[i % 2], options: dhtOptions(bootstrap: [first.contact]))) }
+        for i in 1..<64 { nodes.append(try await MeshNode.start(on: loops[i % 2], options: loopbackOptions(bootstrap: [first.contact]))) }
         let all = nodes
         let joined = try await eventually(30) {
             for n in all { if try await n.dhtSnapshot().joined == false { return false } }
@@ -84,14 +76,14 @@ struct DHTNodeTests {
             let port = try await loop.submit { sock.localAddress.port }
             try await loop.submit { sock.close() }
             let absent = try Contact(publicKey: later.publicKey, addresses: [TransportAddress(.udp, SocketAddress(ip: .loopbackV4, port: port))])
-            let node = try await MeshNode.start(on: loop, options: dhtOptions(bootstrap: [absent], logger: logger))
+            let node = try await MeshNode.start(on: loop, options: loopbackOptions(bootstrap: [absent], logger: logger))
             let retried = try await eventually(20) { try await node.dhtSnapshot().joinAttempts >= 2 }
             #expect(retried)
             let snapshot = try await node.dhtSnapshot()
             #expect(!snapshot.joined)
             #expect(logging.entries.contains { $0.message.description.contains("no bootstrap peer answered") && $0.level == .warning })
             // The peer comes up on that port; the next attempt joins.
-            var o = dhtOptions()
+            var o = loopbackOptions()
             o.identity = later
             o.config.udpListen = SocketAddress(ip: .loopbackV4, port: port)
             let peer = try await MeshNode.start(on: loop, options: o)
@@ -105,7 +97,7 @@ struct DHTNodeTests {
     @Test("hostile DHT datagrams are dropped and counted; unproven senders get answers and a check, but no table entry; forged records are refused")
     func hostileDHT() async throws {
         try await withLoop { loop in
-            let node = try await MeshNode.start(on: loop, options: dhtOptions())
+            let node = try await MeshNode.start(on: loop, options: loopbackOptions())
             let attackerKey = SigningKey()
             let replies = Box<[[UInt8]]>([])
             let target = node.udpAddress
@@ -165,7 +157,7 @@ struct DHTNodeTests {
             let snapshot = try await node.dhtSnapshot()
             #expect(snapshot.peers.isEmpty && snapshot.recordsStored == 0)
             // A real peer still joins and finds the node.
-            let friend = try await MeshNode.start(on: loop, options: dhtOptions(bootstrap: [node.contact]))
+            let friend = try await MeshNode.start(on: loop, options: loopbackOptions(bootstrap: [node.contact]))
             #expect(try await eventually(10) { try await friend.dhtSnapshot().joined })
             #expect(try await friend.lookup(node.peerID).closest.first?.peerID == node.peerID)
             try await loop.submit { attacker.socket?.close() }
@@ -177,7 +169,7 @@ struct DHTNodeTests {
     @Test("DHT calls on a stopped node fail at once with .stopped instead of waiting forever")
     func stoppedNode() async throws {
         try await withLoop { loop in
-            let node = try await MeshNode.start(on: loop, options: dhtOptions())
+            let node = try await MeshNode.start(on: loop, options: loopbackOptions())
             await node.stop()
             let key = Kademlia.key(named: "x")
             await #expect(throws: NodeError.stopped) { _ = try await node.lookup(key) }

@@ -12,17 +12,9 @@ struct GossipNodeTests {
     func hundredNodes() async throws {
         let loops = try (0..<2).map { try EventLoop(name: "gossip-\($0)") }
         defer { loops.forEach { $0.shutdown() } }
-        func options(_ bootstrap: [Contact]) -> MeshNode.Options {
-            var config = NodeConfig()
-            config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
-            config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
-            var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "test"))
-            o.bootstrap = bootstrap
-            return o
-        }
-        let first = try await MeshNode.start(on: loops[0], options: options([]))
+        let first = try await MeshNode.start(on: loops[0], options: loopbackOptions())
         var nodes = [first]
-        for i in 1..<100 { nodes.append(try await MeshNode.start(on: loops[i % 2], options: options([first.contact]))) }
+        for i in 1..<100 { nodes.append(try await MeshNode.start(on: loops[i % 2], options: loopbackOptions(bootstrap: [first.contact]))) }
         let received = Box([Int](repeating: 0, count: 100))
         for (i, n) in nodes.enumerated() {
             try await n.subscribe(.debug) { _ in received.mutate { $0[i] += 1 } }

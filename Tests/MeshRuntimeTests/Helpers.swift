@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import MeshCrypto
 import MeshCore
 @testable import MeshRuntime
 import Synchronization
@@ -52,3 +54,13 @@ func makeTempDirectory() throws -> String {
 }
 
 let loopback = SocketAddress(ip: .loopbackV4, port: 0)
+
+/// Options for a node on 127.0.0.1 with free ports and a fresh identity, joining through `bootstrap`.
+func loopbackOptions(bootstrap: [Contact] = [], logger: Logger = Logger(label: "test")) -> MeshNode.Options {
+    var config = NodeConfig()
+    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: logger)
+    o.bootstrap = bootstrap
+    return o
+}

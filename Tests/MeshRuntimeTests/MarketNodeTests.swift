@@ -8,15 +8,6 @@ import MeshMarket
 @testable import MeshRuntime
 import Testing
 
-private func nodeOptions(bootstrap: [Contact] = []) -> MeshNode.Options {
-    var config = NodeConfig()
-    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
-    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
-    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "test"))
-    o.bootstrap = bootstrap
-    return o
-}
-
 private func until(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
@@ -41,9 +32,9 @@ struct MarketNodeTests {
     func hundredNodes() async throws {
         let loops = try (0..<4).map { try EventLoop(name: "market-\($0)") }
         defer { loops.forEach { $0.shutdown() } }
-        let first = try await MeshNode.start(on: loops[0], options: nodeOptions())
+        let first = try await MeshNode.start(on: loops[0], options: loopbackOptions())
         var nodes = [first]
-        for i in 1..<100 { nodes.append(try await MeshNode.start(on: loops[i % 4], options: nodeOptions(bootstrap: [first.contact]))) }
+        for i in 1..<100 { nodes.append(try await MeshNode.start(on: loops[i % 4], options: loopbackOptions(bootstrap: [first.contact]))) }
         let all = nodes
         #expect(try await until(60) {
             for n in all { if try await n.dhtState().joined == false { return false } }

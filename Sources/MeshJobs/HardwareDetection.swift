@@ -73,8 +73,8 @@ public enum GPUDetector {
         return DetectedGPUs(gpus: [], attempts: attempts)
     }
 
-    /// The full path of `program` on `PATH` (or `searchPath`), if executable.
-    static func find(_ program: String, in searchPath: String?) -> String? {
+    /// The full path of `program` on `PATH` (or `searchPath`, colon-separated), if executable.
+    public static func find(_ program: String, in searchPath: String? = nil) -> String? {
         let path = searchPath ?? ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         return path.split(separator: ":").map { "\($0)/\(program)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }

@@ -62,9 +62,8 @@ final class GossipShell {
         if case .iwant = wire, !proven {
             var budget = 3 * datagramBytes
             out = out.filter { d in
-                guard case .send(let answer, _) = d else { return true }
-                let size = DatagramSealer.overhead + answer.encode().count
-                budget -= size
+                guard case .send(.push(_, let message), _) = d else { return true }
+                budget -= DatagramSealer.overhead + 2 + message.count  // type and hops, then the message
                 return budget >= 0
             }
         }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import MeshCore
 import MeshJobs
 import MeshMarket
@@ -56,8 +53,7 @@ public enum OfferBuilder {
     /// The executors whose programs are on `PATH` (`bwrap` for the sandbox, `docker`, `podman`).
     /// The Jobs layer checks that they work before it runs anything.
     public static func availableExecutors(path: String? = nil) -> [Executor] {
-        let dirs = (path ?? getenv("PATH").map { String(cString: $0) } ?? "/usr/bin:/bin").split(separator: ":")
-        func found(_ program: String) -> Bool { dirs.contains { access("\($0)/\(program)", X_OK) == 0 } }
+        func found(_ program: String) -> Bool { GPUDetector.find(program, in: path) != nil }
         var out: [Executor] = []
         if found("bwrap") { out.append(.sandbox) }
         if found("docker") { out.append(.docker) }

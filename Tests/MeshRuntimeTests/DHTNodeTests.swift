@@ -8,16 +8,6 @@ import MeshDHT
 import Testing
 
 
-/// Polls `condition` every 50 ms until it holds or `seconds` pass.
-private func eventually(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    return try await condition()
-}
-
 @Suite("DHT over real sockets", .timeLimit(.minutes(3)))
 struct DHTNodeTests {
     @Test("64 nodes on two shared loops join through one peer, find each other, and read a record put on one of them")

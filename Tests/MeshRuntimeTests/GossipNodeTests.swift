@@ -20,25 +20,16 @@ struct GossipNodeTests {
             try await n.subscribe(.debug) { _ in received.mutate { $0[i] += 1 } }
         }
         // Joined, and every sample full.
-        let deadline = Date().addingTimeInterval(60)
-        var ready = false
-        while !ready, Date() < deadline {
-            ready = true
-            for n in nodes where try await n.gossipSnapshot().sample.count < 8 { ready = false; break }
-            if !ready { try await Task.sleep(for: .milliseconds(200)) }
+        let all = nodes
+        let ready = try await eventually(60) {
+            for n in all where try await n.gossipSnapshot().sample.count < 8 { return false }
+            return true
         }
         #expect(ready, "gossip samples did not fill")
         let message = try await nodes[17].publish(.debug, payload: Array("hello, mesh".utf8))
         #expect(message.topic == .debug)
-        let all = try await {
-            let end = Date().addingTimeInterval(20)
-            while Date() < end {
-                if received.value.enumerated().allSatisfy({ $0.offset == 17 || $0.element >= 1 }) { return true }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-            return false
-        }()
-        #expect(all, "delivered by \(received.value.filter { $0 > 0 }.count) of 99")
+        let everywhere = try await eventually(20) { received.value.enumerated().allSatisfy { $0.offset == 17 || $0.element >= 1 } }
+        #expect(everywhere, "delivered by \(received.value.filter { $0 > 0 }.count) of 99")
         try await Task.sleep(for: .seconds(2))  // repairs and late copies have time to arrive
         #expect(received.value[17] == 0)
         #expect(received.value.enumerated().allSatisfy { $0.offset == 17 || $0.element == 1 }, "\(received.value)")

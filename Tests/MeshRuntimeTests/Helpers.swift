@@ -64,3 +64,13 @@ func loopbackOptions(bootstrap: [Contact] = [], logger: Logger = Logger(label: "
     o.bootstrap = bootstrap
     return o
 }
+
+/// Polls `condition` every 50 ms until it holds or `seconds` pass; its last answer.
+func eventually(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}

@@ -8,15 +8,6 @@ import MeshMarket
 @testable import MeshRuntime
 import Testing
 
-private func until(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(100))
-    }
-    return try await condition()
-}
-
 /// The capability a node offers for a `--simulate-gpus` spec.
 func simulatedOffer(_ node: MeshNode, _ spec: String, price: String = "1", slots: Int = 1) throws -> Capability {
     var terms = ProviderConfig()
@@ -36,7 +27,7 @@ struct MarketNodeTests {
         var nodes = [first]
         for i in 1..<100 { nodes.append(try await MeshNode.start(on: loops[i % 4], options: loopbackOptions(bootstrap: [first.contact]))) }
         let all = nodes
-        #expect(try await until(60) {
+        #expect(try await eventually(60) {
             for n in all { if try await n.dhtState().joined == false { return false } }
             return true
         })
@@ -132,7 +123,7 @@ struct MarketNodeTests {
         await killed.stop()
         let soon = try await nodes[90].find(killedQuery, measureRTT: true)
         if let stale = soon.offers.first(where: { $0.record.provider == killedKey }) { #expect(stale.rttMilliseconds == nil) }
-        #expect(try await until(15) {
+        #expect(try await eventually(15) {
             try await nodes[91].find(killedQuery, measureRTT: false).offers.allSatisfy { $0.record.provider != killedKey }
         })
         // A provider that changes its GPUs leaves the keys it no longer matches with a tombstone

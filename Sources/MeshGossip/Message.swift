@@ -95,9 +95,11 @@ public enum Gossip {
         case ihave([MessageID])
         /// IDs the sender asks for.
         case iwant([MessageID])
+        /// The sender has enough inbound peers: gossip with someone else for a while.
+        case prune
 
         /// Datagram body types.
-        public static let pushType: UInt8 = 24, ihaveType: UInt8 = 25, iwantType: UInt8 = 26
+        public static let pushType: UInt8 = 24, ihaveType: UInt8 = 25, iwantType: UInt8 = 26, pruneType: UInt8 = 27
         /// Most IDs in one IHAVE or IWANT (fits one datagram).
         public static let maxIDs = 32
         /// IWANTs are padded with zeros to at least this many bytes, so that a node can answer one
@@ -106,7 +108,7 @@ public enum Gossip {
         public static let paddedIWantBytes = 380
 
         /// True for a gossip body type.
-        public static func isGossip(_ type: UInt8) -> Bool { (pushType...iwantType).contains(type) }
+        public static func isGossip(_ type: UInt8) -> Bool { (pushType...pruneType).contains(type) }
 
         /// The body bytes.
         public func encode() -> [UInt8] {
@@ -116,6 +118,7 @@ public enum Gossip {
             case .iwant(let ids):
                 let body = [Self.iwantType, UInt8(min(ids.count, Self.maxIDs))] + ids.prefix(Self.maxIDs).flatMap(\.bytes)
                 return body + [UInt8](repeating: 0, count: max(0, Self.paddedIWantBytes - body.count))
+            case .prune: return [Self.pruneType, 0]
             }
         }
 
@@ -125,6 +128,9 @@ public enum Gossip {
             switch bytes[0] {
             case Self.pushType:
                 self = .push(hops: bytes[1], message: Array(bytes[2...]))
+            case Self.pruneType:
+                guard bytes == [Self.pruneType, 0] else { return nil }
+                self = .prune
             case Self.ihaveType, Self.iwantType:
                 let n = Int(bytes[1])
                 let isWant = bytes[0] == Self.iwantType

@@ -28,8 +28,7 @@ final class GossipShell {
 
     func start() throws {
         refreshTimer = try loop.schedule(after: .milliseconds(100), repeating: .seconds(1)) { [unowned self] in
-            instance.setCandidates(candidates(), now: DHTShell.now())
-            arm()
+            apply(instance.setCandidates(candidates(), now: DHTShell.now()))
         }
         arm()  // the wake timer exists from the start: a node's handle count is steady from then on
     }

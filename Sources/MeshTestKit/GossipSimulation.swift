@@ -60,7 +60,9 @@ public struct GossipSimulation {
             index[contact.peerID] = i
             nodes.append(Gossip.Instance(local: contact, signer: key, settings: settings, seed: rng.next()))
         }
-        // Candidates as a Kademlia table would hold them: up to 3 random nodes per bucket.
+        // Candidates as a Kademlia table holds them: a few nodes per bucket, and the oldest ones
+        // (Kademlia keeps long-lived contacts): 3 of the 6 that joined first. Every table then
+        // holds the same early nodes in its far buckets, the skew a real mesh shows.
         for i in 0..<count {
             var byBucket: [Int: [Int]] = [:]
             for j in 0..<count where j != i {
@@ -68,13 +70,13 @@ public struct GossipSimulation {
             }
             var chosen: [Contact] = []
             for b in byBucket.keys.sorted() {
-                var members = byBucket[b]!
+                var members = Array(byBucket[b]!.prefix(6))
                 for k in stride(from: members.count - 1, to: 0, by: -1) { members.swapAt(k, Int(rng.next() % UInt64(k + 1))) }
                 chosen += members.prefix(3).map { contacts[$0] }
             }
-            nodes[i].setCandidates(chosen, now: now)
+            let links = nodes[i].setCandidates(chosen, now: now)
             wakeAt.append(.max)
-            scheduleWake(i)
+            apply(links, at: i)
         }
     }
 

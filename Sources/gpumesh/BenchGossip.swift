@@ -60,13 +60,24 @@ extension GPUMesh {
                 try await Task.sleep(for: .milliseconds(200))
             }
             let joinSeconds = Date().timeIntervalSince(joinStart)
-            func totals() async throws -> (datagrams: Int, duplicates: Int) {
-                var d = 0, dup = 0
+            // How evenly the samples spread: how many samples hold each node.
+            var inDegree: [String: Int] = [:]
+            for n in all { for p in try await n.gossipSnapshot().sample { inDegree[p, default: 0] += 1 } }
+            let degrees = all.map { inDegree[$0.peerID.hex] ?? 0 }
+            /// Gossip datagrams in, duplicates, IWANTs sent, and every drop (datagram and gossip) by reason.
+            func totals() async throws -> (datagrams: Int, duplicates: Int, iwants: Int, dropped: [String: Int]) {
+                var d = 0, dup = 0, iwants = 0
+                var dropped: [String: Int] = [:]
                 for n in all {
-                    d += try await n.status().counters["gossip_in"] ?? 0
-                    dup += try await n.gossipSnapshot().stats.duplicates
+                    let counters = try await n.status().counters
+                    d += counters["gossip_in"] ?? 0
+                    for (k, v) in counters where k.hasPrefix("datagrams_dropped_") { dropped[k, default: 0] += v }
+                    let stats = try await n.gossipSnapshot().stats
+                    dup += stats.duplicates
+                    iwants += stats.iwantSent
+                    for (k, v) in stats.dropped { dropped["gossip_\(k.rawValue)", default: 0] += v }
                 }
-                return (d, dup)
+                return (d, dup, iwants, dropped)
             }
             let before = try await totals()
             var rng = SplitMix64(seed: seed)
@@ -99,6 +110,8 @@ extension GPUMesh {
                     latencies.append(Double(at - start) / 1e6)
                 }
             }
+            var droppedDuring: [String: JSONValue] = [:]
+            for (k, v) in after.dropped where v > before.dropped[k, default: 0] { droppedDuring[k] = .int(v - before.dropped[k, default: 0]) }
             let pairs = Double(messages * (nodes - 1))
             let perNodeMessage = Double(nodes * messages)
             func r(_ v: Double, _ p: Double = 1000) -> JSONValue { .double((v * p).rounded() / p) }
@@ -110,6 +123,9 @@ extension GPUMesh {
                 "datagrams_per_node_per_message": r(Double(after.datagrams - before.datagrams) / perNodeMessage, 100),
                 "duplicates_per_node_per_message": r(Double(after.duplicates - before.duplicates) / perNodeMessage, 100),
                 "join_s": r(joinSeconds, 100),
+                "sample_in_degree_max": .int(degrees.max() ?? 0), "nodes_in_no_sample": .int(degrees.filter { $0 == 0 }.count),
+                "iwants_per_message": r(Double(after.iwants - before.iwants) / Double(messages), 10),
+                "dropped": .object(droppedDuring),
             ]
             if json { try GPUMesh.printBenchJSON(result); return }
             print("\(nodes) nodes (sealed UDP on loopback, \(loops) loops), \(messages) messages")

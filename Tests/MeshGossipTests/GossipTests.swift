@@ -98,10 +98,12 @@ struct GossipInstanceTests {
         #expect(g.standing(of: bad.peerID, now: t0) == -4)  // expiry is not the sender's fault
         #expect(g.sample.contains { $0.peerID == bad.peerID })
         #expect(g.receive(.push(hops: 1, message: forged(2)), from: bad, now: t0).isEmpty)
-        #expect(g.receive(.push(hops: 1, message: forged(3)), from: bad, now: t0).isEmpty)
-        // Below -5: graylisted, out of the sample (refilled), ignored until the graylist ends.
+        // Below -5: graylisted, out of the sample (refilled: the newcomer gets a link request,
+        // nothing else goes out), ignored until the graylist ends.
+        let refill = g.receive(.push(hops: 1, message: forged(3)), from: bad, now: t0)
         #expect(g.stats.graylisted == 1)
         #expect(!g.sample.contains { $0.peerID == bad.peerID } && g.sample.count == 8)
+        #expect(refill == [.send(.ihave([]), to: g.sample[7])])
         let good = Gossip.Message.sign(topic: .debug, payload: [5], sequence: 5, expiresAt: t0 + 100_000, by: origin)
         #expect(g.receive(.push(hops: 1, message: good.envelope.encoded), from: bad, now: t0 + 1).isEmpty)
         #expect(g.stats.dropped[.graylisted] == 1)
@@ -147,12 +149,21 @@ struct GossipInstanceTests {
         let second = sends(g.tick(now: t0 + 40 + 250)).filter { if case .iwant = $0.0 { true } else { false } }
         #expect(second.count == 1 && second[0].1.peerID == others[4].peerID)
         #expect(g.receive(.push(hops: 4, message: m.envelope.encoded), from: others[4], now: t0 + 300).first == .deliver(m))
-        #expect(sends(g.tick(now: t0 + 1_000)).allSatisfy { if case .iwant = $0.0 { false } else { true } })
-        // The node now answers IWANTs for it, and digests it to its sample.
+        // The node now answers IWANTs for it.
         let answer = g.receive(.iwant([m.id]), from: others[9], now: t0 + 400)
         #expect(answer == [.send(.push(hops: 5, message: m.envelope.encoded), to: others[9])])
-        let digest = sends(g.tick(now: t0 + 5_000)).filter { if case .ihave(let ids) = $0.0 { ids.contains(m.id) } else { false } }
-        #expect(digest.count == g.sample.count + 1)  // and to others[9], which gossips with it (inbound)
+        // Digests name it only to peers that neither told this node of it nor were told: the
+        // sample heard of it when it was forwarded, others[3], [4] and [9] exchanged it, so only a
+        // newcomer that gossips with this node (inbound) gets it, once.
+        let newcomer = try #require(others[10...].first { p in !g.sample.contains { $0.peerID == p.peerID } })
+        _ = g.receive(.ihave([]), from: newcomer, now: t0 + 500)
+        var digested: [PeerID] = []
+        for t in stride(from: t0 + 1_000, through: t0 + 3_200, by: 100) {
+            let out = sends(g.tick(now: t))
+            #expect(out.allSatisfy { if case .iwant = $0.0 { false } else { true } })
+            digested += out.filter { if case .ihave(let ids) = $0.0 { ids.contains(m.id) } else { false } }.map(\.1.peerID)
+        }
+        #expect(digested == [newcomer.peerID])
         // Once the digest window passes, it is no longer offered, but still known (no redelivery).
         _ = g.tick(now: t0 + 20_000)
         #expect(g.receive(.iwant([m.id]), from: others[9], now: t0 + 20_000).isEmpty)

@@ -35,7 +35,8 @@ public struct NodeConfig: Sendable, Equatable {
                                                 "dht.bootstrap", "dht.peers_file", "dht.ip_diversity_limit",
                                                 "dht.id_difficulty", "dht.disjoint_paths",
                                                 "provider.enabled", "provider.price", "provider.slots", "provider.region",
-                                                "provider.executors", "provider.gpus", "provider.record_lifetime_s"]
+                                                "provider.executors", "provider.gpus", "provider.record_lifetime_s",
+                                                "provider.heartbeat_interval_s"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -171,6 +172,10 @@ public struct NodeConfig: Sendable, Equatable {
     # provider that dies disappears from searches within this time.
     record_lifetime_s = 600
 
+    # Seconds between signed heartbeats on the gossip topic `heartbeat` while providing (peers
+    # compute a provider's availability from them); 0: none.
+    heartbeat_interval_s = 60
+
     """
 }
 
@@ -208,6 +213,8 @@ public struct ProviderConfig: Sendable, Equatable {
     public var gpus: String?
     /// Capability record lifetime, seconds.
     public var recordLifetimeSeconds = 600
+    /// Seconds between heartbeats while providing; 0: none.
+    public var heartbeatIntervalSeconds = 60
 
     /// The defaults.
     public init() {}
@@ -239,6 +246,12 @@ public struct ProviderConfig: Sendable, Equatable {
                 throw ConfigFile.Error(line: file["provider.record_lifetime_s"]!.line, "record_lifetime_s must be 10 to 86400")
             }
             recordLifetimeSeconds = n
+        }
+        if let n = try file.integer("provider.heartbeat_interval_s") {
+            guard n == 0 || (5...3_600).contains(n) else {
+                throw ConfigFile.Error(line: file["provider.heartbeat_interval_s"]!.line, "heartbeat_interval_s must be 0 (none) or 5 to 3600")
+            }
+            heartbeatIntervalSeconds = n
         }
     }
 }

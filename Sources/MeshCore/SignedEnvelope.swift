@@ -13,6 +13,8 @@ public struct SignedEnvelope: Sendable, Hashable {
     public static let version: UInt8 = 1
     /// Bytes around the body.
     public static let overhead = 1 + 32 + 8 + 8 + 2 + 64
+    /// The largest body (its length is 16 bits); callers check before signing.
+    public static let maxBody = Int(UInt16.max)
 
     /// Who signed it.
     public let signer: PublicKey
@@ -25,7 +27,7 @@ public struct SignedEnvelope: Sendable, Hashable {
     /// The exact bytes, signature included.
     public let encoded: [UInt8]
 
-    /// Signs `body` for the kind named by `domain` (e.g. `"gpumesh/capability/v1"`).
+    /// Signs `body` (at most `maxBody` bytes) for the kind named by `domain` (e.g. `"gpumesh/capability/v1"`).
     public static func sign(domain: String, body: [UInt8], sequence: UInt64, expiresAt: UInt64, by signer: SigningKey) -> SignedEnvelope {
         var w = WireWriter(capacity: overhead + body.count)
         w.u8(version)

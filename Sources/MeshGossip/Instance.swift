@@ -25,8 +25,9 @@ extension Gossip {
         public var pruneBackoff: UInt64 = 60_000
         /// A message that has travelled this many hops is delivered but not forwarded.
         public var maxHops: UInt8 = 16
-        /// Largest encoded message (bytes) accepted: one datagram.
-        public var maxMessageBytes = 1100
+        /// Largest encoded message (bytes) accepted. Up to `Wire.maxDatagramMessageBytes` a
+        /// message travels in datagrams; beyond, over secure channels.
+        public var maxMessageBytes = 65_536
         /// A message's lifetime when this node publishes it (ms).
         public var messageLifetime: UInt64 = 60_000
         /// Furthest ahead a received message may expire (ms); later is refused.
@@ -334,11 +335,12 @@ extension Gossip {
         /// Signs and sends a message: pushed to every neighbour.
         public mutating func publish(topic: Topic, payload: [UInt8], now: UInt64) throws(PublishError) -> (Message, [Directive]) {
             guard let signer else { throw .noSigningKey }
+            let size = SignedEnvelope.overhead + 1 + payload.count
+            guard size <= settings.maxMessageBytes, 1 + payload.count <= SignedEnvelope.maxBody else {
+                throw .tooLarge(size, max: min(settings.maxMessageBytes, SignedEnvelope.overhead + SignedEnvelope.maxBody))
+            }
             lastSequence = max(now, lastSequence + 1)
             let message = Message.sign(topic: topic, payload: payload, sequence: lastSequence, expiresAt: now + settings.messageLifetime, by: signer)
-            guard message.envelope.encoded.count <= settings.maxMessageBytes else {
-                throw .tooLarge(message.envelope.encoded.count, max: settings.maxMessageBytes)
-            }
             guard allow(message, now: now) else { throw .rateLimited(topic) }
             stats.published += 1
             let targets = neighbours

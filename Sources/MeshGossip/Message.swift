@@ -100,11 +100,13 @@ public enum Gossip {
 
         /// Datagram body types.
         public static let pushType: UInt8 = 24, ihaveType: UInt8 = 25, iwantType: UInt8 = 26, pruneType: UInt8 = 27
+        /// The largest message pushed in a datagram; larger ones go over secure channels.
+        public static let maxDatagramMessageBytes = 1100
         /// Most IDs in one IHAVE or IWANT (fits one datagram).
         public static let maxIDs = 32
         /// IWANTs are padded with zeros to at least this many bytes, so that a node can answer one
         /// from an address it has not verified with at most three times as many bytes (the
-        /// bound the DHT keeps too): a message is at most 1,100 bytes.
+        /// bound the DHT keeps too): a message in a datagram is at most 1,100 bytes.
         public static let paddedIWantBytes = 380
 
         /// True for a gossip body type.

@@ -214,11 +214,11 @@ extension MeshNode {
         let every = Duration.milliseconds(Int64(Double(lifetime) * Self.offerRepublishShare))
         state.timer = try? loop.schedule(after: every, repeating: every) { [unowned self] in
             guard let state = provider else { return }
-            publishOffer(state) { result in
+            publishOffer(state, announce: false) { result in
                 if case .failure(let error) = result { self.logger.warning("republishing the offer failed: \(error)") }
             }
         }
-        publishOffer(state, done: done)
+        publishOffer(state, announce: true, done: done)
     }
 
     func startUpdate(freeSlots: Int?, price: Price?, done: @escaping (Result<OfferOutcome, NodeError>) -> Void) {
@@ -231,12 +231,13 @@ extension MeshNode {
             state.capability.freeSlots = freeSlots
         }
         if let price { state.capability.price = price }
-        publishOffer(state, done: done)
+        publishOffer(state, announce: true, done: done)
     }
 
     /// Signs the state's capability with a fresh sequence and expiry and puts it under every index
-    /// key; keys the offer has left get a tombstone first.
-    func publishOffer(_ state: ProviderState, done: @escaping (Result<OfferOutcome, NodeError>) -> Void) {
+    /// key; keys the offer has left get a tombstone first. With `announce`, the new record also
+    /// goes out on the gossip topic `capability` (a change; a plain republish does not).
+    func publishOffer(_ state: ProviderState, announce: Bool, done: @escaping (Result<OfferOutcome, NodeError>) -> Void) {
         let now = DHTShell.now()
         let names = CapabilityIndex.names(for: state.capability, provider: identity.publicKey)
         let left = state.names.filter { !names.contains($0) }
@@ -252,6 +253,7 @@ extension MeshNode {
             state.record = record
             state.names = names
             puts += names.map { Put(name: $0, record: record, keepAlive: true) }
+            if announce { self.announce(record) }
         } catch {
             done(.failure(.badRequest("\(error)")))
             return
@@ -304,6 +306,7 @@ extension MeshNode {
             done(.success(nil))
             return
         }
+        announce(tombstone)
         var finished = false
         let once: (Result<OfferOutcome?, NodeError>) -> Void = { result in
             guard !finished else { return }

@@ -4,6 +4,7 @@ import MeshCore
 import MeshCrypto
 import MeshDHT
 import MeshGossip
+import MeshMarket
 import Metrics
 
 /// What a node counts. Each counter is also reported to swift-metrics as
@@ -53,6 +54,9 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case channelsEstablished = "channels_established"
     /// Secure channel handshakes that failed (either side).
     case channelHandshakesFailed = "channel_handshakes_failed"
+    /// Channels closed because their first message named no service this node offers (or none
+    /// came within the handshake timeout).
+    case channelsRefused = "channels_refused"
     /// Control requests answered.
     case controlRequests = "control_requests"
     /// DHT requests received and handed to the routing layer.
@@ -67,6 +71,11 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case gossipIn = "gossip_in"
     /// Capability records refused by searches (forged, expired, misplaced, ...).
     case capabilityRecordsRefused = "capability_records_refused"
+    /// Heartbeats delivered by gossip but refused (malformed, or replayed: sequence not newer).
+    case heartbeatsRefused = "gossip_heartbeats_refused"
+    /// Capability announcements delivered by gossip but refused (the record does not verify or
+    /// is not the announcer's).
+    case announcementsRefused = "gossip_announcements_refused"
 
     /// The counter for a datagram dropped by the sealer.
     static func dropped(_ reason: DatagramSealer.Drop) -> NodeCounter {
@@ -232,12 +241,11 @@ public final class MeshNode: @unchecked Sendable {
     /// The mesh this node belongs to.
     public let meshKey: MeshKey
 
-    /// Called on the loop for each channel a peer opens to this node, once both identities are
-    /// proven. Without a handler the channel is closed at once.
-    public var channelHandler: ((SecureChannel) -> Void)?
+    /// The services channels can ask for, by name (see `serve`).
+    private var services: [String: (SecureChannel) -> Void] = [:]
 
     private(set) var logger: Logger
-    private let startedAt = EventLoop.monotonicNanoseconds()
+    let startedAt = EventLoop.monotonicNanoseconds()
     private let udp: UDPSocket
     private let tcp: StreamListener
     private var control: ControlServer?
@@ -256,6 +264,12 @@ public final class MeshNode: @unchecked Sendable {
     var gossip: GossipShell!
     /// This node's published offer, while it provides.
     var provider: ProviderState?
+    /// Other peers' heartbeats, as heard on gossip.
+    var liveness = Gossip.Liveness()
+    /// Providers heard announcing their capability records on gossip.
+    var capacityView = CapacityView()
+    /// Sends this node's heartbeats while it provides.
+    var heartbeatTimer: LoopTimer?
     /// This node's view of a peer's reputation (0 to 1; nil: no history), used to rank and filter
     /// search results. Loop-confined; nil until the ledger provides one.
     var reputation: ((PublicKey) -> Double?)?
@@ -374,10 +388,14 @@ public final class MeshNode: @unchecked Sendable {
                                                        settings: options.gossipSettings ?? Gossip.Settings(), seed: SecureRandom.uint64()),
                              loop: loop,
                              candidates: { [unowned self] in (0..<256).flatMap { self.dht.instance.table.nodes(inBucket: $0).map(\.contact) } },
-                             send: { [unowned self] body, peer, address in sendBody(body, to: peer, at: address, cookie: nil) })
+                             lookup: { [unowned self] in dht.instance.table.node($0)?.contact },
+                             send: { [unowned self] body, peer, address in sendBody(body, to: peer, at: address, cookie: nil) },
+                             open: { [unowned self] contact, done in openChannel(to: contact, service: ChannelService.gossip, done) })
         try startServing()
         try dht.start()
         try gossip.start()
+        serve(ChannelService.gossip) { [unowned self] in gossip.attach($0) }
+        try startGossipApplications(heartbeatSeconds: options.config.provider.heartbeatIntervalSeconds)
         dht.join(through: options.bootstrap)
         logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)",
                                                "mesh": "\(meshKey.isPublicMesh ? "public" : meshKey.fingerprint)"])
@@ -615,7 +633,7 @@ public final class MeshNode: @unchecked Sendable {
             case .success(let channel):
                 bump(.channelsEstablished)
                 logger.debug("channel accepted", metadata: ["remote": "\(channel.remotePeerID!.short)"])
-                if let channelHandler { channelHandler(channel) } else { channel.close() }
+                dispatch(channel)
             case .failure(let failure):
                 bump(.channelHandshakesFailed)
                 if failure == .noise(.decryptFailed), let remote {
@@ -627,16 +645,58 @@ public final class MeshNode: @unchecked Sendable {
         }
     }
 
-    /// Opens a secure channel to `contact`; both identities are proven before it returns.
-    public func openChannel(to contact: Contact) async throws -> SecureChannel {
-        do {
-            let channel = try await SecureChannel.connect(on: loop, to: contact, identity: channelIdentity, meshKey: meshKey,
-                                                          settings: channelSettings)
-            loop.execute { [self] in bump(.channelsEstablished) }
-            return channel
-        } catch {
-            loop.execute { [self] in bump(.channelHandshakesFailed) }
-            throw error
+    /// Hands channels whose first message is `service` to `handler` (loop thread); the handler
+    /// owns the channel from then on (messages after the name wait for its message handler).
+    public func serve(_ service: String, _ handler: @escaping (SecureChannel) -> Void) {
+        loop.preconditionInLoop()
+        services[service] = handler
+    }
+
+    /// Reads an accepted channel's service name and hands it over, or closes it.
+    private func dispatch(_ channel: SecureChannel) {
+        let timer = try? loop.schedule(after: channelSettings.handshakeTimeout) { [weak self, weak channel] in
+            guard let channel, let self else { return }
+            bump(.channelsRefused)
+            channel.close()
+        }
+        channel.onClose { _ in timer?.cancel() }
+        channel.takeNextMessage { [weak self, unowned channel] first in
+            timer?.cancel()
+            guard let self else { return }
+            guard let name = ChannelService.name(first), let handler = services[name] else {
+                bump(.channelsRefused)
+                logger.debug("channel refused: unknown service", metadata: ["remote": "\(channel.remotePeerID!.short)"])
+                channel.close()
+                return
+            }
+            handler(channel)
+        }
+    }
+
+    /// Opens a secure channel to `contact` for `service` (loop thread): both identities are
+    /// proven and the service named before `completion` runs (on the loop).
+    public func openChannel(to contact: Contact, service: String, _ completion: @escaping (Result<SecureChannel, SecureChannel.Failure>) -> Void) {
+        loop.preconditionInLoop()
+        SecureChannel.connect(on: loop, to: contact, identity: channelIdentity, meshKey: meshKey, settings: channelSettings) { [self] result in
+            switch result {
+            case .success(let channel):
+                bump(.channelsEstablished)
+                channel.send(Array(service.utf8))
+                completion(.success(channel))
+            case .failure(let failure):
+                bump(.channelHandshakesFailed)
+                completion(.failure(failure))
+            }
+        }
+    }
+
+    /// Opens a secure channel to `contact` for `service` (from any thread).
+    public func openChannel(to contact: Contact, service: String) async throws -> SecureChannel {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<SecureChannel, Error>) in
+            let accepted = loop.execute { [self] in
+                openChannel(to: contact, service: service) { continuation.resume(with: $0.mapError { $0 }) }
+            }
+            if !accepted { continuation.resume(throwing: NodeError.stopped) }
         }
     }
 
@@ -674,6 +734,7 @@ public final class MeshNode: @unchecked Sendable {
         control?.close()
         control = nil
         dht.stop()
+        heartbeatTimer?.cancel()
         gossip.stop()
         udp.close()
         tcp.close()

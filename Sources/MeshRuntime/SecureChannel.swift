@@ -20,6 +20,23 @@ public struct ChannelIdentity: Sendable {
     }
 }
 
+/// The services a channel can be opened for: the first application message on a channel is
+/// the service's name (UTF-8, at most 64 bytes).
+public enum ChannelService {
+    /// Echoes every message (the demo and tests).
+    public static let echo = "gpumesh/echo/1"
+    /// Gossip messages too large for one datagram.
+    public static let gossip = "gpumesh/gossip/1"
+    /// Job negotiation.
+    public static let jobs = "gpumesh/jobs/1"
+
+    /// The service name in a first message, if it is one.
+    public static func name(_ bytes: [UInt8]) -> String? {
+        guard (1...64).contains(bytes.count), let s = String(validating: bytes, as: UTF8.self) else { return nil }
+        return s
+    }
+}
+
 /// An authenticated, encrypted channel over a stream: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b`
 /// with the mesh key as the pre-shared key, each side's Ed25519 identity bound to its Noise
 /// static key by a signature in the handshake payload. Loop-confined, except the `async`
@@ -459,6 +476,21 @@ public final class SecureChannel: @unchecked Sendable {
         let queued = pendingMessages
         pendingMessages = []
         for m in queued { handler(m) }
+    }
+
+    /// Delivers only the next application message to `handler` (loop thread); later messages
+    /// wait, queued, for the next handler. Used to read a channel's service name before the
+    /// service takes the channel over.
+    public func takeNextMessage(_ handler: @escaping ([UInt8]) -> Void) {
+        loop.preconditionInLoop()
+        if !pendingMessages.isEmpty {
+            handler(pendingMessages.removeFirst())
+            return
+        }
+        onMessage = { [unowned self] message in
+            onMessage = nil
+            handler(message)
+        }
     }
 
     /// The application messages as an async sequence, from any thread (set up once per channel).

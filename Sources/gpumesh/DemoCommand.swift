@@ -49,7 +49,7 @@ extension GPUMesh {
                 let node = try await MeshNode.start(on: eventLoops[i % loops],
                                                     options: .init(identity: SigningKey(), config: config, meshKey: meshKey, logger: logger))
                 // Each peer echoes what arrives on channels opened to it.
-                try await node.loop.submit { node.channelHandler = { ch in ch.setMessageHandler { ch.send($0) } } }
+                try await node.loop.submit { node.serve(ChannelService.echo) { ch in ch.setMessageHandler { ch.send($0) } } }
                 peers.append(node)
             }
             if !json {
@@ -99,7 +99,7 @@ extension GPUMesh {
                     problems.append("#\(i) -> #\(j) info: \(error)")
                 }
                 do {
-                    let channel = try await p.openChannel(to: contacts[j])
+                    let channel = try await p.openChannel(to: contacts[j], service: ChannelService.echo)
                     let replies = try await channel.messages()
                     let hello = Array("hello from #\(i)".utf8)
                     try await channel.send(hello)

@@ -8,7 +8,7 @@ extension GPUMesh {
     /// `gpumesh gossip`: the running node's gossip layer.
     struct GossipCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "gossip", abstract: "Inspect the running node's gossip layer.", subcommands: [Stats.self], defaultSubcommand: Stats.self)
+            commandName: "gossip", abstract: "Inspect the running node's gossip layer.", subcommands: [Stats.self, Peers.self], defaultSubcommand: Stats.self)
 
         /// `gpumesh gossip stats`.
         struct Stats: AsyncParsableCommand {
@@ -27,11 +27,40 @@ extension GPUMesh {
                 catch { throw CLIError("the node's answer is malformed: \(error)") }
                 let s = snapshot.stats
                 print("sample       \(snapshot.sample.count) peers\(snapshot.sample.isEmpty ? "" : ": " + snapshot.sample.map { String($0.prefix(12)) }.joined(separator: " "))")
+                print("inbound      \(snapshot.inbound) peers (\(s.prunesSent) pruned, pruned by \(s.prunesReceived))")
                 print("messages     \(s.published) published, \(s.delivered) delivered, \(s.duplicates) duplicate copies")
                 print("sent         \(s.pushesSent) pushes, \(s.ihaveSent) IHAVE, \(s.iwantSent) IWANT, \(s.repairsSent) repairs")
                 let drops = s.dropped.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }
                 print("dropped      \(drops.isEmpty ? "none" : drops.joined(separator: ", "))")
                 print("graylisted   \(s.graylisted) peers")
+                print("heard        heartbeats from \(snapshot.heartbeatPeers) peers (\(snapshot.heartbeatPeersAlive) alive), \(snapshot.providersHeard) providers announcing")
+                print("channels     \(snapshot.channelPushesSent) messages sent, \(snapshot.channelPushesReceived) received (too large for a datagram)")
+            }
+        }
+
+        /// `gpumesh gossip peers`.
+        struct Peers: AsyncParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Show the peers whose heartbeats the running node has heard: when, how many, availability.")
+
+            @OptionGroup var common: CommonOptions
+            @Flag(help: "Print the result as JSON.") var json = false
+
+            func run() async throws {
+                bootstrapLogging(common.logLevel, default: "warning")
+                let result = try await callNode(common.directory, "gossip.liveness")
+                if json { try printJSONValue(result); return }
+                let peers: [PeerLiveness]
+                do { peers = try JSONDecoder().decode([PeerLiveness].self, from: JSONEncoder().encode(result["peers"] ?? .array([]))) }
+                catch { throw CLIError("the node's answer is malformed: \(error)") }
+                guard !peers.isEmpty else { print("no heartbeats heard yet (providers send one every heartbeat_interval_s)"); return }
+                print("peer          heartbeats  availability  last heard  slots   state")
+                let now = UInt64(Date().timeIntervalSince1970 * 1000)
+                for p in peers {
+                    let ago = now > p.entry.lastHeard ? "\((now - p.entry.lastHeard) / 1000) s ago" : "now"
+                    let slots = "\(p.entry.latest.freeSlots)/\(p.entry.latest.totalSlots)"
+                    print("\(p.peerID.prefix(12))  \(column(String(p.entry.count), 10))  \(column(String(format: "%.1f%%", p.availability * 100), 12))  \(column(ago, 10))  \(column(slots, 5))   \(p.silent ? "silent" : "alive")")
+                }
             }
         }
     }

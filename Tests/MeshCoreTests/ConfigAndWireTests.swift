@@ -7,14 +7,16 @@ import Testing
 struct ConfigTests {
     @Test("the [provider] table: decimal prices, executors, limits; bad values name their line")
     func providerConfig() throws {
-        let c = try NodeConfig(parsing: "[provider]\nenabled = true\nprice = 1.25\nslots = 4\nregion = \"eu-west\"\nexecutors = [\"sandbox\", \"podman\"]\ngpus = \"2x rtx-4090\"\nrecord_lifetime_s = 120\n")
+        let c = try NodeConfig(parsing: "[provider]\nenabled = true\nprice = 1.25\nslots = 4\nregion = \"eu-west\"\nexecutors = [\"sandbox\", \"podman\"]\ngpus = \"2x rtx-4090\"\nrecord_lifetime_s = 120\nheartbeat_interval_s = 0\n")
         #expect(c.provider.enabled && c.provider.price == Price(millipoints: 1250) && c.provider.slots == 4)
         #expect(c.provider.executors == [.sandbox, .podman] && c.provider.gpus == "2x rtx-4090" && c.provider.recordLifetimeSeconds == 120)
+        #expect(c.provider.heartbeatIntervalSeconds == 0 && NodeConfig().provider.heartbeatIntervalSeconds == 60)
         #expect(try NodeConfig(parsing: "[provider]\nprice = 2\n").provider.price == Price(millipoints: 2000))
         #expect(try NodeConfig(parsing: NodeConfig.template) == NodeConfig())
         for (text, message) in [("[provider]\nprice = 1.2345\n", "line 2"), ("[provider]\nprice = \"cheap\"\n", "number of points"),
                                 ("[provider]\nexecutors = [\"qemu\"]\n", "unknown executor 'qemu'"), ("[provider]\nslots = 0\n", "slots must be 1 to 255"),
-                                ("\n[provider]\nrecord_lifetime_s = 5\n", "line 3")] {
+                                ("\n[provider]\nrecord_lifetime_s = 5\n", "line 3"),
+                                ("[provider]\nheartbeat_interval_s = 2\n", "heartbeat_interval_s must be 0 (none) or 5 to 3600")] {
             #expect { try NodeConfig(parsing: text) } throws: { "\($0)".contains(message) }
         }
     }

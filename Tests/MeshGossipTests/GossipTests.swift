@@ -93,7 +93,7 @@ struct GossipInstanceTests {
         let far = Gossip.Message.sign(topic: .debug, payload: [8], sequence: 8, expiresAt: t0 + 3_600_000, by: origin)
         #expect(g.receive(.push(hops: 1, message: far.envelope.encoded), from: bad, now: t0).isEmpty)
         #expect(g.receive(.push(hops: 1, message: [1, 2, 3]), from: bad, now: t0).isEmpty)
-        #expect(g.receive(.push(hops: 1, message: [UInt8](repeating: 0, count: 1200)), from: bad, now: t0).isEmpty)
+        #expect(g.receive(.push(hops: 1, message: [UInt8](repeating: 0, count: 70_000)), from: bad, now: t0).isEmpty)
         #expect(g.stats.dropped == [.badSignature: 1, .expired: 1, .expiryTooFar: 1, .malformed: 1, .tooLarge: 1])
         #expect(g.standing(of: bad.peerID, now: t0) == -4)  // expiry is not the sender's fault
         #expect(g.sample.contains { $0.peerID == bad.peerID })
@@ -132,7 +132,7 @@ struct GossipInstanceTests {
         var published = 0
         for i in 0..<50 { if (try? g.publish(topic: .debug, payload: [UInt8(i)], now: t0)) != nil { published += 1 } }
         #expect(published == 40)
-        #expect(throws: Gossip.PublishError.tooLarge(1116, max: 1100)) { try g.publish(topic: .debug, payload: [UInt8](repeating: 0, count: 1000), now: t0 + 100_000) }
+        #expect(throws: Gossip.PublishError.tooLarge(70_116, max: 65_536)) { try g.publish(topic: .debug, payload: [UInt8](repeating: 0, count: 70_000), now: t0 + 100_000) }
     }
 
     @Test("an IHAVE for a missing message becomes an IWANT after a short wait, to the next announcer on timeout; IWANTs are answered")

@@ -155,3 +155,39 @@ struct CapabilityIndexTests {
         #expect(!CapabilityIndex.belongs(tombstone, under: IndexKey(.any), shard: (s + 1) % 32))
     }
 }
+
+@Suite("Capability announcements")
+struct AnnouncementTests {
+    @Test("an announcement verifies only as its provider's own record; the view keeps the newest, forgets withdrawn and expired ones")
+    func announcements() throws {
+        let p = Provider()
+        let record = try p.record(sequence: 5, expiresAt: 10_000)
+        let payload = CapabilityAnnouncement.encode(record)
+        #expect(try CapabilityAnnouncement.verify(payload, origin: p.key.publicKey, now: 1_000, maxLifetime: 100_000).get() == record)
+        #expect(CapabilityAnnouncement.verify(payload, origin: SigningKey().publicKey, now: 1_000, maxLifetime: 100_000) == .failure(.wrongKey))
+        #expect(CapabilityAnnouncement.verify([2] + record.encoded, origin: p.key.publicKey, now: 1_000, maxLifetime: 100_000) == .failure(.malformed))
+        var forged = payload; forged[forged.count - 1] ^= 1
+        #expect(CapabilityAnnouncement.verify(forged, origin: p.key.publicKey, now: 1_000, maxLifetime: 100_000) == .failure(.badSignature))
+        #expect(CapabilityAnnouncement.verify(payload, origin: p.key.publicKey, now: 10_000, maxLifetime: 100_000) == .failure(.expired))
+
+        var view = CapacityView(capacity: 2)
+        #expect(view.apply(record, now: 1_000) == .added)
+        #expect(view.apply(record, now: 1_000) == .stale)
+        var cheaper = p
+        cheaper.capability.price = Price(parsing: "0.5")!
+        let update = try cheaper.record(sequence: 6, expiresAt: 12_000)
+        #expect(view.apply(update, now: 1_000) == .updated)
+        #expect(view.offers(now: 1_000).map(\.capability.price) == [Price(parsing: "0.5")!])
+        #expect(view.apply(try p.record(sequence: 7, expiresAt: 12_000, withdrawn: true), now: 1_000) == .withdrawn)
+        #expect(view.offers(now: 1_000).isEmpty)
+        // A live record older than the withdrawal, arriving late, does not bring it back.
+        #expect(view.apply(update, now: 1_000) == .stale)
+        #expect(view.apply(try p.record(sequence: 8, expiresAt: 12_000), now: 1_000) == .added)
+        // Expired records vanish; the bound evicts the record expiring soonest.
+        let q = Provider(port: 7401), r = Provider(port: 7402)
+        #expect(view.apply(try q.record(sequence: 1, expiresAt: 5_000), now: 1_000) == .added)
+        #expect(view.offers(now: 6_000).map(\.provider) == [p.key.publicKey])
+        #expect(view.apply(try r.record(sequence: 1, expiresAt: 20_000), now: 2_000) == .added)
+        #expect(view.count == 2 && Set(view.offers(now: 2_000).map(\.provider)) == [p.key.publicKey, r.key.publicKey])
+    }
+}

@@ -56,11 +56,22 @@ struct NodeTests {
             #expect(ca[.datagramsIn] == 2 && ca[.datagramsOut] == 2)
             #expect(NodeCounter.allCases.filter(\.isDrop).allSatisfy { ca[$0] == 0 })
 
-            // Without a channel handler, b proves itself and then closes the channel.
-            let channel = try await a.openChannel(to: b.contact)
+            // A service b does not offer: b proves itself, reads the name, refuses and closes.
+            let channel = try await a.openChannel(to: b.contact, service: "gpumesh/nothing/1")
             #expect(channel.remotePeerID == b.peerID)
-            for _ in 0..<100 where try await loop.submit({ b.counters[.channelsEstablished] }) == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            let closed = try await channel.messages()
+            for try await _ in closed { Issue.record("a refused channel delivered a message") }
             #expect(try await loop.submit { b.counters[.channelsEstablished] } == 1)
+            #expect(try await loop.submit { b.counters[.channelsRefused] } == 1)
+            // A service it offers gets the channel, and the messages sent right behind the name.
+            try await loop.submit { b.serve(ChannelService.echo) { ch in ch.setMessageHandler { ch.send($0) } } }
+            let echo = try await a.openChannel(to: b.contact, service: ChannelService.echo)
+            let replies = try await echo.messages()
+            for i in 0..<3 { try await echo.send([UInt8(i)]) }
+            var got: [[UInt8]] = []
+            for try await r in replies { got.append(r); if got.count == 3 { break } }
+            #expect(got == [[0], [1], [2]])
+            echo.closeFromAnyThread()
             await a.stop(); await b.stop()
         }
     }
@@ -98,7 +109,7 @@ struct NodeTests {
             #expect(try await otherMember.ping(member.contact).peerID == member.peerID)
             for _ in 0..<3 {
                 do {
-                    _ = try await outsider.openChannel(to: member.contact)
+                    _ = try await outsider.openChannel(to: member.contact, service: ChannelService.echo)
                     Issue.record("handshake across meshes succeeded")
                 } catch let f as SecureChannel.Failure {
                     #expect(f == .peerClosedDuringHandshake)
@@ -188,7 +199,7 @@ struct NodeTests {
                 if i % 2 == 0 { try await loop.submit { conn.closeGracefully() } }  // others stay silent until the timeout
             }
             let peer = try await MeshNode.start(on: loop, options: options())
-            let channel = try await peer.openChannel(to: node.contact)
+            let channel = try await peer.openChannel(to: node.contact, service: ChannelService.echo)
             #expect(channel.remotePeerID == node.peerID)
             await peer.stop()
             // Every hostile connection ends on the node's side (handshake failure or timeout); the

@@ -173,22 +173,6 @@ public enum SimulatedGPUs {
     }
 }
 
-/// Sizes as people write them: `24GiB`, `512MiB`, `80GB`, `1.5TiB`, plain bytes.
-public enum ByteSize {
-    /// The size in bytes; nil if malformed or negative.
-    public static func parse(_ text: String) -> UInt64? {
-        let t = text.trimmedString
-        let units: [(String, Double)] = [("TiB", 1_099_511_627_776), ("GiB", 1_073_741_824), ("MiB", 1_048_576), ("KiB", 1024),
-                                          ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1)]
-        for (suffix, factor) in units where t.hasSuffix(suffix) {
-            guard let n = Double(t.dropLast(suffix.count).trimmedString), n >= 0, n.isFinite else { return nil }
-            return UInt64((n * factor).rounded())
-        }
-        guard let n = UInt64(t) else { return nil }
-        return n
-    }
-}
-
 /// CPU, memory and disk of this host, from /proc and statvfs.
 public struct HostFacts: Sendable, Equatable, Codable {
     /// The CPU model name.

@@ -154,3 +154,24 @@ struct MinHeapTests {
         #expect(drained == mirror.sorted() && heap.isEmpty && heap.min == nil)
     }
 }
+
+@Suite("Units")
+struct UnitTests {
+    @Test("sizes: binary and decimal units; absurd ones are refused, not trapped on")
+    func sizes() {
+        #expect(ByteSize.parse("24GiB") == 25_769_803_776)
+        #expect(ByteSize.parse("512 MiB") == 536_870_912)
+        #expect(ByteSize.parse("80GB") == 80_000_000_000)
+        #expect(ByteSize.parse("1.5TiB") == 1_649_267_441_664)
+        #expect(ByteSize.parse("4096") == 4096)
+        #expect(ByteSize.parse("-1GiB") == nil && ByteSize.parse("GiB") == nil && ByteSize.parse("12 parsecs") == nil)
+        #expect(ByteSize.parse("1e30TiB") == nil && ByteSize.parse("infTiB") == nil && ByteSize.parse("nanGB") == nil)
+    }
+
+    @Test("durations: units, combinations, plain seconds; malformed or over a year refused")
+    func durations() {
+        #expect(DurationText.seconds("90s") == 90 && DurationText.seconds("10m") == 600 && DurationText.seconds("2h") == 7_200)
+        #expect(DurationText.seconds("1h30m") == 5_400 && DurationText.seconds("1d") == 86_400 && DurationText.seconds(" 45 ") == 45)
+        for bad in ["", "m", "10x", "1.5h", "-5", "10m5", "9999999999s", "400d"] { #expect(DurationText.seconds(bad) == nil, "\(bad)") }
+    }
+}

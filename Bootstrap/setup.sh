@@ -16,6 +16,7 @@ packages=(
   "libsqlite3-dev:the ledger's storage, through GRDB"
   "pkg-config:lets SwiftPM find libuv and libsodium"
   "bubblewrap:the sandbox job executor"
+  "util-linux:prlimit and setpriv, the sandbox's limits and unprivileged user"
 )
 
 say() { [ "${GPUMESH_SETUP_QUIET:-0}" = 1 ] || echo "setup: $*"; }

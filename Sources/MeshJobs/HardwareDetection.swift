@@ -81,7 +81,7 @@ public enum GPUDetector {
 
     /// Runs a detection tool and returns its standard output; killed after `timeout` (a wedged
     /// driver can make `nvidia-smi` hang).
-    static func run(_ program: String, _ arguments: [String], timeout: Duration = .seconds(15)) throws(DetectionError) -> String {
+    public static func run(_ program: String, _ arguments: [String], timeout: Duration = .seconds(15)) throws(DetectionError) -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments

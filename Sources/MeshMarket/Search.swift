@@ -16,6 +16,7 @@ public struct CapabilitySearch: Sendable {
     public let maxLifetime: UInt64
     private var waiting: [ShardRead]
     private var inFlight: Set<ShardRead> = []
+    private var retried: Set<ShardRead> = []
     private var newest: [PublicKey: CapabilityRecord] = [:]
     private var matching: Set<PublicKey> = []
     /// Records received (every copy counts).
@@ -82,9 +83,14 @@ public struct CapabilitySearch: Sendable {
         }
     }
 
-    /// Notes a read that failed (no node answered).
+    /// Notes a read that failed (no node answered). It is tried once more, next; a second
+    /// failure counts in `shardsFailed`. (Under heavy load a read's lookup can time out whole.)
     public mutating func failed(_ read: ShardRead) {
         guard inFlight.remove(read) != nil else { return }
+        if retried.insert(read).inserted {
+            waiting.append(read)
+            return
+        }
         shardsRead += 1
         shardsFailed += 1
     }

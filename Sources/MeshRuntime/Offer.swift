@@ -50,14 +50,20 @@ public enum OfferBuilder {
                           price: terms.price, freeSlots: terms.slots, totalSlots: terms.slots, region: terms.region)
     }
 
-    /// The executors whose programs are on `PATH` (`bwrap` for the sandbox, `docker`, `podman`).
-    /// The Jobs layer checks that they work before it runs anything.
+    /// The executors that work on this host: the sandbox if its tools are on `PATH` and a probe
+    /// job runs (user namespaces may be disabled), docker or podman if `<runtime> info` answers
+    /// within 10 s (the program alone may have no daemon behind it).
     public static func availableExecutors(path: String? = nil) -> [Executor] {
-        func found(_ program: String) -> Bool { GPUDetector.find(program, in: path) != nil }
         var out: [Executor] = []
-        if found("bwrap") { out.append(.sandbox) }
-        if found("docker") { out.append(.docker) }
-        if found("podman") { out.append(.podman) }
+        if case .success(let tools) = Sandbox.Tools.find(path: path),
+           case .success = Sandbox.probe(tools: tools) {
+            out.append(.sandbox)
+        }
+        for (executor, program) in [(Executor.docker, "docker"), (.podman, "podman")] {
+            if let found = GPUDetector.find(program, in: path), (try? GPUDetector.run(found, ["info"], timeout: .seconds(10))) != nil {
+                out.append(executor)
+            }
+        }
         return out
     }
 }

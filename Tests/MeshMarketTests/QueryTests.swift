@@ -131,6 +131,25 @@ struct SearchTests {
         #expect(search.shardsRead < 32)
     }
 
+    @Test("a failed shard read is tried once more, next; a second failure is counted")
+    func retriesOnce() throws {
+        let record = try Provider().record()
+        let query = CapabilityQuery(limit: 10)
+        var search = CapabilitySearch(query: query, plan: QueryPlan(keys: [IndexKey(.any)], shards: 1), seed: 1)
+        let read = try #require(search.nextReads().first)
+        search.failed(read)
+        #expect(search.shardsFailed == 0 && !search.isFinished)
+        #expect(search.nextReads() == [read])
+        search.received(read, records: [(record.provider, record.encoded)], now: 1_000)
+        #expect(search.isFinished && search.matches.count == 1 && search.shardsRead == 1)
+
+        var unlucky = CapabilitySearch(query: query, plan: QueryPlan(keys: [IndexKey(.any)], shards: 1), seed: 1)
+        let first = try #require(unlucky.nextReads().first)
+        unlucky.failed(first)
+        unlucky.failed(try #require(unlucky.nextReads().first))
+        #expect(unlucky.isFinished && unlucky.shardsFailed == 1 && unlucky.shardsRead == 1)
+    }
+
     @Test("forged, misplaced and republished-by-others records are refused; identical copies are verified once")
     func refuses() throws {
         let honest = Provider()

@@ -66,7 +66,7 @@ extension GPUMesh {
         struct Phase {
             var queries = 0, expected = 0, hits = 0, returned = 0, wrong = 0
             var latencies: [Double] = []
-            var records = 0, shards = 0, failedShards = 0, refused = 0, datagrams = 0
+            var records = 0, shards = 0, failedShards = 0, refused = 0, datagrams = 0, timeouts = 0
             var cpuMilliseconds = 0.0
 
             var figures: [String: JSONValue] {
@@ -76,7 +76,7 @@ extension GPUMesh {
                         "precision": r(returned == 0 ? 1 : Double(returned - wrong) / Double(returned), 10_000),
                         "latency_ms_p50": r(percentile(latencies, 0.5) ?? 0), "latency_ms_p99": r(percentile(latencies, 0.99) ?? 0),
                         "records_fetched_per_query": r(Double(records) / n, 10), "shards_read_per_query": r(Double(shards) / n, 10),
-                        "shard_reads_failed": .int(failedShards), "records_refused": .int(refused),
+                        "shard_reads_failed": .int(failedShards), "records_refused": .int(refused), "dht_timeouts": .int(timeouts),
                         "datagrams_per_query": r(Double(datagrams) / n, 10), "cpu_ms_per_query": r(cpuMilliseconds / n),
                         "matches_per_query": r(Double(expected) / n, 10)]
             }
@@ -117,15 +117,20 @@ extension GPUMesh {
             }
             let publishSeconds = Date().timeIntervalSince(publishStart)
 
-            func datagrams() async throws -> Int {
-                var total = 0
-                for n in all { total += try await n.status().counters["datagrams_out"] ?? 0 }
-                return total
+            /// Datagrams sent and DHT requests timed out, over every node.
+            func traffic() async throws -> (datagrams: Int, timeouts: Int) {
+                var total = 0, timeouts = 0
+                for n in all {
+                    let c = try await n.status().counters
+                    total += c["datagrams_out"] ?? 0
+                    timeouts += c["dht_timeouts"] ?? 0
+                }
+                return (total, timeouts)
             }
             var counter: UInt64 = 0
             func measure(_ count: Int, _ label: String) async throws -> Phase {
                 var p = Phase()
-                let before = try await datagrams()
+                let before = try await traffic()
                 let cpuBefore = processCPUMilliseconds()
                 for i in 0..<count {
                     let renter = all[Int(rng.next() % UInt64(nodes))]
@@ -147,7 +152,9 @@ extension GPUMesh {
                     if i % 10 == 0 { progress("\(label) queries \(i)/\(count)") }
                 }
                 p.cpuMilliseconds = processCPUMilliseconds() - cpuBefore
-                p.datagrams = try await datagrams() - before
+                let after = try await traffic()
+                p.datagrams = after.datagrams - before.datagrams
+                p.timeouts = after.timeouts - before.timeouts
                 return p
             }
             let cold = try await measure(warmup ?? queries, "cold")

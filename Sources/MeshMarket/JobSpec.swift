@@ -106,16 +106,8 @@ public struct JobSpec: Sendable, Equatable {
     public init(name: String, executor: Executor = .sandbox, image: String? = nil, command: [String], environment: [String: String] = [:],
                 inputs: [String] = [], outputs: [String] = [], resources: Resources = Resources(), maxPrice: Price? = nil,
                 provider: String? = nil) throws(Problem) {
-        self.name = name
-        self.executor = executor
-        self.image = image
-        self.command = command
-        self.environment = environment
-        self.inputs = inputs
-        self.outputs = outputs
-        self.resources = resources
-        self.maxPrice = maxPrice
-        self.provider = provider
+        self.init(unchecked: name, executor: executor, image: image, command: command, environment: environment, inputs: inputs,
+                  outputs: outputs, resources: resources, maxPrice: maxPrice, provider: provider)
         if let problem = self.problem { throw problem }
     }
 

@@ -69,6 +69,13 @@ func startLoopbackMesh(nodes: Int, on loops: [EventLoop], progress: (String) -> 
 }
 
 /// Writes a progress line to a terminal's standard error (nothing when piped or with --json).
+/// Every node's counters (`status`), summed by name.
+func summedCounters(_ nodes: [MeshNode]) async throws -> [String: Int] {
+    var sum: [String: Int] = [:]
+    for n in nodes { for (k, v) in try await n.status().counters { sum[k, default: 0] += v } }
+    return sum
+}
+
 func benchProgress(_ text: String, json: Bool) {
     guard !json, isatty(STDERR_FILENO) != 0 else { return }
     FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
@@ -181,13 +188,8 @@ extension GPUMesh {
             f.joinSeconds = Date().timeIntervalSince(joinStart)
             f.rssBytes = residentBytes() - rssBefore
             func totals() async throws -> (datagrams: Int, cookieRetries: Int) {
-                var datagrams = 0, retries = 0
-                for n in all {
-                    let c = try await n.status().counters
-                    datagrams += c["datagrams_out"] ?? 0
-                    retries += c["dht_cookie_retries"] ?? 0
-                }
-                return (datagrams, retries)
+                let c = try await summedCounters(all)
+                return (c["datagrams_out"] ?? 0, c["dht_cookie_retries"] ?? 0)
             }
             var rng = SplitMix64(seed: seed)
             func measure(_ count: Int, _ label: String) async throws -> Phase {

@@ -119,13 +119,8 @@ extension GPUMesh {
 
             /// Datagrams sent and DHT requests timed out, over every node.
             func traffic() async throws -> (datagrams: Int, timeouts: Int) {
-                var total = 0, timeouts = 0
-                for n in all {
-                    let c = try await n.status().counters
-                    total += c["datagrams_out"] ?? 0
-                    timeouts += c["dht_timeouts"] ?? 0
-                }
-                return (total, timeouts)
+                let c = try await summedCounters(all)
+                return (c["datagrams_out"] ?? 0, c["dht_timeouts"] ?? 0)
             }
             var counter: UInt64 = 0
             func measure(_ count: Int, _ label: String) async throws -> Phase {

@@ -66,18 +66,16 @@ extension GPUMesh {
             let degrees = all.map { inDegree[$0.peerID.hex] ?? 0 }
             /// Gossip datagrams in, duplicates, IWANTs sent, and every drop (datagram and gossip) by reason.
             func totals() async throws -> (datagrams: Int, duplicates: Int, iwants: Int, dropped: [String: Int]) {
-                var d = 0, dup = 0, iwants = 0
-                var dropped: [String: Int] = [:]
+                let counters = try await summedCounters(all)
+                var dup = 0, iwants = 0
+                var dropped = counters.filter { $0.key.hasPrefix("datagrams_dropped_") }
                 for n in all {
-                    let counters = try await n.status().counters
-                    d += counters["gossip_in"] ?? 0
-                    for (k, v) in counters where k.hasPrefix("datagrams_dropped_") { dropped[k, default: 0] += v }
                     let stats = try await n.gossipSnapshot().stats
                     dup += stats.duplicates
                     iwants += stats.iwantSent
                     for (k, v) in stats.dropped { dropped["gossip_\(k.rawValue)", default: 0] += v }
                 }
-                return (d, dup, iwants, dropped)
+                return (counters["gossip_in"] ?? 0, dup, iwants, dropped)
             }
             let before = try await totals()
             var rng = SplitMix64(seed: seed)

@@ -14,4 +14,9 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
+
+    /// Shuffles `array` in place (Fisher-Yates, the same order for the same seed on every platform).
+    public mutating func shuffle<T>(_ array: inout [T]) {
+        for i in stride(from: array.count - 1, to: 0, by: -1) { array.swapAt(i, Int(next() % UInt64(i + 1))) }
+    }
 }

@@ -264,7 +264,7 @@ extension Gossip {
             var coveredBuckets = Set(sample.map { bucket(of: $0.peerID) })
             var pool = candidates.filter { !inSample.contains($0.peerID) && !barred.contains($0.peerID) }
             // Shuffle, then prefer one peer per bucket not yet covered.
-            for i in stride(from: pool.count - 1, to: 0, by: -1) { pool.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            rng.shuffle(&pool)
             for pass in 0..<2 {
                 for c in pool where sample.count < settings.sampleSize && !inSample.contains(c.peerID) {
                     let b = bucket(of: c.peerID)
@@ -425,10 +425,13 @@ extension Gossip {
             if e.expiresAt - now > settings.maxLifetime { return drop(.expiryTooFar, id: id, from: peer, now: now) }
             if !e.isSignatureValid(domain: domain) { return drop(.badSignature, id: id, from: peer, now: now) }
             if !allow(message, now: now) { return drop(.rateLimited, id: id, from: peer, now: now) }
-            var targets = neighbours.filter { $0.peerID != peer.peerID && $0.publicKey != message.origin }
-            for i in stride(from: targets.count - 1, to: 0, by: -1) { targets.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            let forwarding = hops < settings.maxHops && message.origin != local.publicKey
-            if forwarding { targets = Array(targets.prefix(settings.eagerFanout + settings.lazyFanout)) } else { targets = [] }
+            // At the hop limit, or back at its origin, a message goes no further.
+            var targets: [Contact] = []
+            if hops < settings.maxHops && message.origin != local.publicKey {
+                targets = neighbours.filter { $0.peerID != peer.peerID && $0.publicKey != message.origin }
+                rng.shuffle(&targets)
+                targets = Array(targets.prefix(settings.eagerFanout + settings.lazyFanout))
+            }
             let announcers = wants[id]?.heardFrom.filter { $0 != peer.peerID } ?? []
             remember(message, hops: hops, now: now, exchangedWith: [peer.peerID] + announcers + targets.map(\.peerID))
             wants[id] = nil

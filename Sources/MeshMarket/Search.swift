@@ -36,9 +36,7 @@ public struct CapabilitySearch: Sendable {
         self.maxLifetime = maxLifetime
         var rng = SplitMix64(seed: seed)
         var reads = plan.reads
-        for i in stride(from: reads.count - 1, to: 0, by: -1) {
-            reads.swapAt(i, Int(rng.next() % UInt64(i + 1)))
-        }
+        rng.shuffle(&reads)
         waiting = reads
     }
 

@@ -71,7 +71,7 @@ public struct GossipSimulation {
             var chosen: [Contact] = []
             for b in byBucket.keys.sorted() {
                 var members = Array(byBucket[b]!.prefix(6))
-                for k in stride(from: members.count - 1, to: 0, by: -1) { members.swapAt(k, Int(rng.next() % UInt64(k + 1))) }
+                rng.shuffle(&members)
                 chosen += members.prefix(3).map { contacts[$0] }
             }
             let links = nodes[i].setCandidates(chosen, now: now)

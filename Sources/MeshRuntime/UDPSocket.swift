@@ -46,6 +46,9 @@ public final class UDPSocket: LoopHandle, @unchecked Sendable {
 
     var udp: UnsafeMutablePointer<uv_udp_t> { raw.assumingMemoryBound(to: uv_udp_t.self) }
 
+    /// The receive buffer each socket asks the kernel for.
+    public static let receiveBufferBytes = 1 << 20
+
     /// Binds a socket to `address` (port 0 picks a free port). IPv6 sockets are IPv6-only.
     public static func bind(on loop: EventLoop, to address: SocketAddress) throws(UVError) -> UDPSocket {
         loop.preconditionInLoop()
@@ -56,6 +59,11 @@ public final class UDPSocket: LoopHandle, @unchecked Sendable {
             let flags: UInt32 = if case .v6 = address.ip { UInt32(UV_UDP_IPV6ONLY.rawValue) } else { 0 }
             try uvCheck(address.withSockAddr { uv_udp_bind(socket.udp, $0, flags) }, "uv_udp_bind(\(address))")
             socket.localAddress = try SocketAddress.fromGetsockname("uv_udp_getsockname") { uv_udp_getsockname(socket.udp, $0, $1) }
+            // A larger receive buffer (best effort: the kernel caps it at net.core.rmem_max) rides
+            // out bursts while the loop is busy; at the 208 KiB default the kernel dropped
+            // replies when many nodes shared a starved CPU.
+            var size = Int32(Self.receiveBufferBytes)
+            _ = uv_recv_buffer_size(UnsafeMutableRawPointer(socket.udp).assumingMemoryBound(to: uv_handle_t.self), &size)
         } catch {
             socket.close()
             throw error

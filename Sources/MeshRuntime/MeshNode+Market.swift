@@ -253,12 +253,18 @@ extension MeshNode {
             state.record = record
             state.names = names
             puts += names.map { Put(name: $0, record: record, keepAlive: true) }
-            if announce { self.announce(record) }
         } catch {
             done(.failure(.badRequest("\(error)")))
             return
         }
-        putAll(puts, lifetime: state.lifetime, sequence: sequence, names: names, done: done)
+        // Announced once the puts are done: receivers can then read it from the DHT too, and the
+        // gossip it starts does not compete with the puts' lookups (it did, and under CPU load
+        // some puts missed their closest nodes).
+        let record = state.record
+        putAll(puts, lifetime: state.lifetime, sequence: sequence, names: names) { [self] result in
+            if announce, let record, state.record?.sequence == record.sequence { self.announce(record) }
+            done(result)
+        }
     }
 
     /// One capability record to put under one index name; tombstones are put once, live records

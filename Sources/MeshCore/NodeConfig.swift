@@ -36,7 +36,9 @@ public struct NodeConfig: Sendable, Equatable {
                                                 "dht.id_difficulty", "dht.disjoint_paths",
                                                 "provider.enabled", "provider.price", "provider.slots", "provider.region",
                                                 "provider.executors", "provider.gpus", "provider.record_lifetime_s",
-                                                "provider.heartbeat_interval_s"]
+                                                "provider.heartbeat_interval_s", "provider.images", "provider.max_duration_s",
+                                                "provider.max_input_mib", "provider.max_output_mib", "provider.max_memory_mib",
+                                                "provider.allow_renters"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -176,6 +178,25 @@ public struct NodeConfig: Sendable, Equatable {
     # compute a provider's availability from them); 0: none.
     heartbeat_interval_s = 60
 
+    # Job policy: a request outside it is declined with its reason before anything runs.
+    # Container images allowed for docker/podman jobs (exact names, or a prefix ending in '*');
+    # empty: container jobs are declined.
+    images = []
+
+    # Longest time limit accepted, seconds.
+    max_duration_s = 3600
+
+    # Most input bytes and output bytes per job, MiB.
+    max_input_mib = 4096
+    max_output_mib = 4096
+
+    # Most memory per job, MiB; 0: this host's RAM.
+    max_memory_mib = 0
+
+    # Renters allowed to run jobs here (64-digit peer IDs), for private meshes; empty: anyone
+    # who holds the mesh key.
+    allow_renters = []
+
     """
 }
 
@@ -215,6 +236,18 @@ public struct ProviderConfig: Sendable, Equatable {
     public var recordLifetimeSeconds = 600
     /// Seconds between heartbeats while providing; 0: none.
     public var heartbeatIntervalSeconds = 60
+    /// Container images allowed (exact, or a prefix ending in `*`); empty: no container jobs.
+    public var images: [String] = []
+    /// Longest job time limit accepted, seconds.
+    public var maxDurationSeconds = 3_600
+    /// Most input bytes per job, MiB.
+    public var maxInputMiB = 4_096
+    /// Most output bytes per job, MiB.
+    public var maxOutputMiB = 4_096
+    /// Most memory per job, MiB; 0: the host's RAM.
+    public var maxMemoryMiB = 0
+    /// Renters allowed (peer IDs, 64 hex digits, lower case); empty: anyone in the mesh.
+    public var allowRenters: [String] = []
 
     /// The defaults.
     public init() {}
@@ -252,6 +285,29 @@ public struct ProviderConfig: Sendable, Equatable {
                 throw ConfigFile.Error(line: file["provider.heartbeat_interval_s"]!.line, "heartbeat_interval_s must be 0 (none) or 5 to 3600")
             }
             heartbeatIntervalSeconds = n
+        }
+        if let list = try file.strings("provider.images") {
+            for image in list where image.isEmpty || image.utf8.count > 255 || image.contains(where: \.isWhitespace) {
+                throw ConfigFile.Error(line: file["provider.images"]!.line, "image '\(image)' must be 1 to 255 bytes with no spaces")
+            }
+            images = list
+        }
+        func bounded(_ key: String, _ range: ClosedRange<Int>) throws(ConfigFile.Error) -> Int? {
+            guard let n = try file.integer("provider." + key) else { return nil }
+            guard range.contains(n) else {
+                throw ConfigFile.Error(line: file["provider." + key]!.line, "\(key) must be \(range.lowerBound) to \(range.upperBound)")
+            }
+            return n
+        }
+        if let n = try bounded("max_duration_s", 1...(7 * 86_400)) { maxDurationSeconds = n }
+        if let n = try bounded("max_input_mib", 0...(1 << 20)) { maxInputMiB = n }
+        if let n = try bounded("max_output_mib", 0...(1 << 20)) { maxOutputMiB = n }
+        if let n = try bounded("max_memory_mib", 0...(1 << 24)) { maxMemoryMiB = n }
+        if let list = try file.strings("provider.allow_renters") {
+            for id in list where id.utf8.count != 64 || !id.allSatisfy(\.isHexDigit) {
+                throw ConfigFile.Error(line: file["provider.allow_renters"]!.line, "allow_renters: '\(id)' is not a 64-digit peer ID")
+            }
+            allowRenters = list.map { $0.lowercased() }
         }
     }
 }

@@ -45,6 +45,16 @@ public enum Blake2b {
             }
         }
 
+        private init(copying other: Hasher) {
+            outputLength = other.outputLength
+            finished = other.finished
+            state = UnsafeMutableRawPointer.allocate(byteCount: crypto_generichash_statebytes(), alignment: 64)
+            state.copyMemory(from: other.state, byteCount: crypto_generichash_statebytes())
+        }
+
+        /// An independent hasher in the same state (for value types that hold one copy-on-write).
+        public func copy() -> Hasher { Hasher(copying: self) }
+
         /// Feeds more bytes.
         public func update(_ data: some ContiguousBytes) {
             precondition(!finished, "Blake2b.Hasher used after finalize()")

@@ -29,7 +29,7 @@ let package = Package(
         // Kademlia as pure state: routing table and iterative lookups (no sockets, injected time).
         .target(name: "MeshDHT", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Hardware detection (GPUs, CPU, memory, disk) and the GPU catalogue; job executors later.
-        .target(name: "MeshJobs", dependencies: ["MeshCore"], swiftSettings: strict),
+        .target(name: "MeshJobs", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Capability records, index keys and shards, the query planner, the search and ranking (pure).
         .target(name: "MeshMarket", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Gossip as pure state: sample, push + IHAVE/IWANT repair, validation, rate limits, peer standing.

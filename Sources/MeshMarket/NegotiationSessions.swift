@@ -38,7 +38,7 @@ extension Negotiation {
         }
 
         /// One line for people.
-        public var description: String { "\(byPeer ? "the provider or renter said " : "")\(reason): \(note)" }
+        public var description: String { "\(reason)\(byPeer ? " (said by the peer)" : ""): \(note)" }
     }
 
     /// How a session ended.
@@ -53,7 +53,8 @@ extension Negotiation {
     public enum Directive: Equatable, Sendable {
         /// Send this message on the channel.
         case send(Message)
-        /// Call `onTimeout(token:)` after this many milliseconds (a later timer replaces it).
+        /// Call `onTimeout(token:)` after this many milliseconds (a later timer replaces it; a
+        /// session lists it before any directive the shell may complete at once).
         case timer(milliseconds: UInt64, token: UInt64)
         /// Provider: write verified input bytes (input `file` of the request's manifest).
         case writeInput(file: Int, offset: UInt64, data: [UInt8])
@@ -332,7 +333,7 @@ extension Negotiation {
             if outputs.isEmpty {
                 out += onOutputsSent(now: now)
             } else {
-                out += [.sendOutputs(outputs), watch.arm(timeouts.idle, now: now, idle: true)]
+                out += [watch.arm(timeouts.idle, now: now, idle: true), .sendOutputs(outputs)]
             }
             return out
         }
@@ -390,6 +391,13 @@ extension Negotiation {
             guard state != .done else { return [] }
             let running = state == .running || state == .starting
             return end(.failed(Failure(.cancelled, note)), send: .cancel(reason: .cancelled, note: note), kill: running)
+        }
+
+        /// This side cannot go on (a disk error, an executor failure).
+        public mutating func fail(_ note: String) -> [Directive] {
+            guard state != .done else { return [] }
+            let running = state == .running || state == .starting
+            return end(.failed(Failure(.failed, note)), send: .cancel(reason: .failed, note: note), kill: running)
         }
 
         private mutating func timedOut(_ note: String, kill: Bool) -> [Directive] {
@@ -548,7 +556,8 @@ extension Negotiation {
             let digest = q.digest
             let accept = Message.accept(jobID: jobID, quoteDigest: digest, signature: identity.signature(for: Context.accept + digest))
             state = .sendingInputs
-            return [.send(accept), .sendInputs, watch.arm(timeouts.idle, now: now, idle: true)]
+            // The timer goes first: a shell may finish sending at once and arm the next one.
+            return [.send(accept), watch.arm(timeouts.idle, now: now, idle: true), .sendInputs]
         }
 
         private mutating func receipted(_ body: [UInt8], _ signature: [UInt8]) -> [Directive] {
@@ -607,6 +616,12 @@ extension Negotiation {
         public mutating func cancel(_ note: String) -> [Directive] {
             guard state != .done else { return [] }
             return end(.failed(Failure(.cancelled, note)), send: .cancel(reason: .cancelled, note: note))
+        }
+
+        /// This side cannot go on (a disk error writing outputs).
+        public mutating func fail(_ note: String) -> [Directive] {
+            guard state != .done else { return [] }
+            return end(.failed(Failure(.failed, note)), send: .cancel(reason: .failed, note: note))
         }
 
         private mutating func violation(_ note: String) -> [Directive] {

@@ -18,8 +18,8 @@ public struct ProviderPolicy: Sendable, Equatable {
     public var maxOutputBytes: UInt64
     /// Most memory per job, MiB.
     public var maxMemoryMiB: Int
-    /// Renters allowed; empty: anyone.
-    public var allowRenters: Set<PublicKey>
+    /// Renters allowed, by peer ID; empty: anyone.
+    public var allowRenters: Set<PeerID>
     /// The host's GPUs.
     public var gpus: [GPUGroup]
     /// The host's CPU cores.
@@ -29,7 +29,7 @@ public struct ProviderPolicy: Sendable, Equatable {
 
     /// A policy.
     public init(price: Price, executors: [Executor], images: [String] = [], maxDurationSeconds: Int = 3_600,
-                maxInputBytes: UInt64 = 4 << 30, maxOutputBytes: UInt64 = 4 << 30, maxMemoryMiB: Int, allowRenters: Set<PublicKey> = [],
+                maxInputBytes: UInt64 = 4 << 30, maxOutputBytes: UInt64 = 4 << 30, maxMemoryMiB: Int, allowRenters: Set<PeerID> = [],
                 gpus: [GPUGroup], cpuCores: Int, diskFreeMiB: Int) {
         self.price = price
         self.executors = executors
@@ -54,7 +54,8 @@ public struct ProviderPolicy: Sendable, Equatable {
     /// Why the request would be declined, or nil if it is within policy. Checked in order: who
     /// asks, the executor and image, the price, the resources, the limits, then a free slot.
     public func evaluate(_ spec: JobSpec, inputBytes: UInt64, renter: PublicKey, freeSlots: Int) -> (reason: Negotiation.Reason, note: String)? {
-        if !allowRenters.isEmpty, !allowRenters.contains(renter) { return (.notAllowed, "this provider runs jobs only for the renters it lists") }
+        if !allowRenters.isEmpty, !allowRenters.contains(PeerID(publicKey: renter)) { return (.notAllowed, "this provider runs jobs only for the renters it lists") }
+        if executors.isEmpty { return (.executor, "this peer does not run jobs (it provides no executor)") }
         guard executors.contains(spec.executor) else {
             return (.executor, "executor \(spec.executor.rawValue) is not offered here (offered: \(executors.map(\.rawValue).joined(separator: ", ")))")
         }

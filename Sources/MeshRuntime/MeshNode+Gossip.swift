@@ -100,6 +100,7 @@ extension MeshNode {
             case .failure: bump(.announcementsRefused)
             }
         }
+        gossip.subscribe(.receipt) { [unowned self] message in jobs?.heard(message) }
         guard heartbeatSeconds > 0 else { return }
         heartbeatTimer = try loop.schedule(after: .seconds(heartbeatSeconds), repeating: .seconds(heartbeatSeconds)) { [unowned self] in
             sendHeartbeat(intervalSeconds: heartbeatSeconds)

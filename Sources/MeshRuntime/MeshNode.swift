@@ -76,6 +76,18 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     /// Capability announcements delivered by gossip but refused (the record does not verify or
     /// is not the announcer's).
     case announcementsRefused = "gossip_announcements_refused"
+    /// Co-signed receipts heard on gossip that verified.
+    case receiptsHeard = "gossip_receipts_heard"
+    /// Receipts on gossip refused: malformed, a signature that does not verify, or sent by neither party.
+    case receiptsRefused = "gossip_receipts_refused"
+    /// Job requests received as a provider.
+    case jobsRequested = "jobs_requested"
+    /// Job requests declined (outside policy, busy, malformed).
+    case jobsDeclined = "jobs_declined"
+    /// Jobs that ended with a co-signed receipt (either role).
+    case jobsCompleted = "jobs_completed"
+    /// Jobs that failed or were cancelled after the quote (either role).
+    case jobsFailed = "jobs_failed"
 
     /// The counter for a datagram dropped by the sealer.
     static func dropped(_ reason: DatagramSealer.Drop) -> NodeCounter {
@@ -209,6 +221,9 @@ public final class MeshNode: @unchecked Sendable {
         public var bootstrap: [Contact] = []
         /// Gossip tunables; nil takes the defaults.
         public var gossipSettings: Gossip.Settings?
+        /// Where the node keeps jobs' work directories, logs and receipts; nil: a fresh
+        /// temporary directory, removed when the node stops.
+        public var dataDirectory: String?
         /// DHT tunables; nil takes the defaults, with the IP-prefix diversity limit off when the
         /// node advertises a loopback address (a loopback testnet has one prefix).
         public var dhtSettings: Kademlia.Settings?
@@ -270,6 +285,14 @@ public final class MeshNode: @unchecked Sendable {
     var capacityView = CapacityView()
     /// Sends this node's heartbeats while it provides.
     var heartbeatTimer: LoopTimer?
+    /// The `[provider]` settings (price, slots, job policy).
+    let providerConfig: ProviderConfig
+    /// Where jobs, logs and receipts live.
+    public let dataDirectory: String
+    /// True when `dataDirectory` is a temporary one this node removes when it stops.
+    private let ownsDataDirectory: Bool
+    /// Jobs in both roles.
+    var jobs: JobsService!
     /// This node's view of a peer's reputation (0 to 1; nil: no history), used to rank and filter
     /// search results. Loop-confined; nil until the ledger provides one.
     var reputation: ((PublicKey) -> Double?)?
@@ -364,6 +387,14 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         controlSocketPath = options.controlSocketPath
+        providerConfig = options.config.provider
+        if let dir = options.dataDirectory {
+            dataDirectory = dir
+            ownsDataDirectory = false
+        } else {
+            dataDirectory = NSTemporaryDirectory() + "gpumesh-node-" + Hex.encode(SecureRandom.bytes(6))
+            ownsDataDirectory = true
+        }
         var dhtSettings = options.dhtSettings ?? Kademlia.Settings()
         if options.dhtSettings == nil {
             dhtSettings.idDifficulty = options.config.idDifficulty
@@ -396,6 +427,8 @@ public final class MeshNode: @unchecked Sendable {
         try gossip.start()
         serve(ChannelService.gossip) { [unowned self] in gossip.attach($0) }
         try startGossipApplications(heartbeatSeconds: options.config.provider.heartbeatIntervalSeconds)
+        jobs = try JobsService(node: self)
+        serve(ChannelService.jobs) { [unowned self] in jobs.accept($0) }
         dht.join(through: options.bootstrap)
         logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)",
                                                "mesh": "\(meshKey.isPublicMesh ? "public" : meshKey.fingerprint)"])
@@ -411,6 +444,7 @@ public final class MeshNode: @unchecked Sendable {
             registerDHTControl(control)
             registerMarketControl(control)
             registerGossipControl(control)
+            registerJobsControl(control)
         }
         control?.register("node.ping") { [unowned self] params, reply in
             guard let text = params?["contact"]?.stringValue, let contact = try? Contact(parsing: text) else {
@@ -735,6 +769,7 @@ public final class MeshNode: @unchecked Sendable {
         control = nil
         dht.stop()
         heartbeatTimer?.cancel()
+        jobs?.stop()
         gossip.stop()
         udp.close()
         tcp.close()
@@ -744,6 +779,7 @@ public final class MeshNode: @unchecked Sendable {
             p.timer?.cancel()
             p.completion(.failure(.stopped))
         }
+        if ownsDataDirectory { try? FileManager.default.removeItem(atPath: dataDirectory) }
         logger.info("node stopped")
     }
 }

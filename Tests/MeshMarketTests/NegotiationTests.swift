@@ -202,7 +202,7 @@ struct NegotiationTests {
         case "resources": r.gpus = 3
         case "vram": r.minVRAMMiB = 48_000
         case "memory": r.memoryMiB = 8192
-        case "allow": policy.allowRenters = [SigningKey().publicKey]
+        case "allow": policy.allowRenters = [PeerID(publicKey: SigningKey().publicKey)]
         case "image": policy.executors = [.sandbox, .docker]; executor = .docker; image = "evil/miner:latest"
         case "time": r.timeLimitSeconds = 601
         case "input": inputs = [Array(repeating: 1, count: (1 << 20) + 1), [], [1]]
@@ -317,7 +317,7 @@ struct NegotiationTests {
         var r = Harness()
         var ds = r.renter.start(now: 0)
         ds += r.renter.onMessage(quote(for: r, now: 0), now: 0)
-        guard case .timer(let ms, let token) = ds.last else { Issue.record("no idle timer"); return }
+        guard let (ms, token) = ds.lazy.compactMap({ if case .timer(let m, let t) = $0 { (m, t) } else { nil } }).last else { Issue.record("no idle timer"); return }
         #expect(ms == 30_000)
         r.renter.onProgress(now: 20_000)
         let again = r.renter.onTimeout(token: token, now: 30_000)

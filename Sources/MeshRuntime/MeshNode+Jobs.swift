@@ -27,10 +27,19 @@ final class JobsService: @unchecked Sendable {
     init(node: MeshNode) throws {
         self.node = node
         directory = node.dataDirectory + "/jobs"
-        workRoot = node.dataDirectory + "/work"
         let fm = FileManager.default
+        if getuid() == 0 {
+            // Jobs of a root provider run as nobody, who cannot enter the private data directory:
+            // their work directories live in a root-owned directory anyone may traverse but not
+            // list, each one owned by nobody with mode 0700.
+            workRoot = NSTemporaryDirectory() + "gpumesh-work-" + node.peerID.hex.prefix(16)
+            try fm.createDirectory(atPath: workRoot, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
+            _ = chmod(workRoot, 0o711)
+        } else {
+            workRoot = node.dataDirectory + "/work"
+            try fm.createDirectory(atPath: workRoot, withIntermediateDirectories: true)
+        }
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try fm.createDirectory(atPath: workRoot, withIntermediateDirectories: true)
         // Work directories left by a killed node hold nothing anyone will collect.
         for stale in (try? fm.contentsOfDirectory(atPath: workRoot)) ?? [] { try? fm.removeItem(atPath: workRoot + "/" + stale) }
         receipts = try ReceiptStore(path: node.dataDirectory + "/receipts.log")
@@ -58,6 +67,7 @@ final class JobsService: @unchecked Sendable {
         }
         try? historyHandle?.close()
         historyHandle = nil
+        if getuid() == 0 { try? FileManager.default.removeItem(atPath: workRoot) }
     }
 
     // MARK: Records
@@ -216,7 +226,7 @@ final class JobsService: @unchecked Sendable {
     private func prepareWork(_ job: ProviderJob) throws(JobFiles.Failure) -> JobFiles.Writer {
         if let w = job.writer { return w }
         let dir = workRoot + "/" + (job.id ?? "job") + "-" + Hex.encode(SecureRandom.bytes(4))
-        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         catch { throw JobFiles.Failure("cannot create \(dir): \(error.localizedDescription)") }
         job.workDir = dir
         let w = JobFiles.Writer(directory: dir, names: job.session.inputs.map(\.name))

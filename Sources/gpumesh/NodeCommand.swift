@@ -73,6 +73,7 @@ extension GPUMesh {
             }
             var options = MeshNode.Options(identity: identity, config: config, meshKey: mesh, controlSocketPath: dir.controlSocket, logger: logger)
             options.bootstrap = seeds
+            options.dataDirectory = dir.path.hasPrefix("/") ? dir.path : FileManager.default.currentDirectoryPath + "/" + dir.path
 
             let loop = try EventLoop(name: "node")
             let node: MeshNode

@@ -92,7 +92,7 @@ struct JobNodeTests {
             // Logs reached the renter; the provider's work directory is gone.
             let log = String(decoding: JobLog.read(renter.dataDirectory + "/jobs/\(info.id).log", from: 0, max: 1 << 16), as: UTF8.self)
             #expect(log.contains("hello") && log.contains("oops"))
-            #expect(try await eventually(10) { ((try? FileManager.default.contentsOfDirectory(atPath: provider.dataDirectory + "/work")) ?? ["x"]).isEmpty })
+            #expect(try await eventually(10) { ((try? FileManager.default.contentsOfDirectory(atPath: provider.jobs.workRoot)) ?? ["x"]).isEmpty })
             let providerJobs = try await provider.jobList()
             #expect(providerJobs.first?.state == "completed" && providerJobs.first?.role == "provider" && providerJobs.first?.receipt == info.receipt)
             // The provider published the receipt; the renter heard it and it verified.

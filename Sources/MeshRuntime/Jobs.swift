@@ -35,6 +35,8 @@ public struct JobInfo: Codable, Sendable, Equatable {
     public var timedOut: Bool?
     /// Wall time, seconds.
     public var wallSeconds: Double?
+    /// Seconds the inputs took to send, from the accept to the provider's `started` (renter).
+    public var inputSeconds: Double?
     /// Where the outputs are (renter).
     public var outputDirectory: String?
     /// The outputs' paths relative to `outputDirectory`.

@@ -403,6 +403,7 @@ final class JobsService: @unchecked Sendable {
         var timer: LoopTimer?
         let log: JobLog
         var cancelled = false
+        var inputsStarted: UInt64 = 0
         var lastFailure: String?
         var waiters: [(JobInfo) -> Void] = []
         let outputDirectory: String
@@ -540,6 +541,7 @@ final class JobsService: @unchecked Sendable {
                 }
             case .sendInputs:
                 update(job.hex) { $0.state = "sending-inputs"; $0.inputBytesDone = 0 }
+                job.inputsStarted = EventLoop.monotonicNanoseconds()
                 let sender = ChunkSender(channel: channel, files: zip(job.request.inputPaths, job.entries).map { ($0, $1.size) },
                                          progress: { [unowned self, unowned job] n in
                                              job.session?.onProgress(now: now)
@@ -556,7 +558,8 @@ final class JobsService: @unchecked Sendable {
                 job.sender = sender
                 sender.start()
             case .started:
-                update(job.hex) { $0.state = "running" }
+                let seconds = Double(EventLoop.monotonicNanoseconds() - job.inputsStarted) / 1e9
+                update(job.hex) { $0.state = "running"; $0.inputSeconds = seconds }
             case .log(_, let data):
                 job.log.append(data)
                 update(job.hex) { $0.logBytes = job.log.bytes }

@@ -13,7 +13,7 @@ extension GPUMesh {
         static let configuration = CommandConfiguration(
             abstract: "Measure the mesh's building blocks (run from a release build).",
             discussion: "Build first: swift build -c release --product gpumesh. Figures go in Docs/BENCHMARKS.md.",
-            subcommands: [LoopBench.self, TransportBench.self, DHTBench.self, FindBench.self, GossipBench.self])
+            subcommands: [LoopBench.self, TransportBench.self, DHTBench.self, FindBench.self, GossipBench.self, JobsBench.self])
     }
 
     /// Options every benchmark takes.
@@ -286,7 +286,7 @@ extension GPUMesh {
         }
 
         /// A channel server on `loop` whose accepted channels go to `onChannel`; returns its contact.
-        private func channelServer(on loop: EventLoop, _ onChannel: @escaping @Sendable (SecureChannel) -> Void) async throws -> Contact {
+        private static func channelServer(on loop: EventLoop, _ onChannel: @escaping @Sendable (SecureChannel) -> Void) async throws -> Contact {
             let identity = ChannelIdentity(SigningKey())
             let address = try await loop.submit {
                 try StreamListener.listen(on: loop, at: .tcp(SocketAddress(ip: .loopbackV4, port: 0))) { c in
@@ -297,7 +297,10 @@ extension GPUMesh {
         }
 
         /// One channel between two loops over loopback TCP; the sender waits on backpressure.
-        private func channelThroughput() async throws -> Double {
+        private func channelThroughput() async throws -> Double { try await Self.channelThroughput(seconds: seconds) }
+
+        /// One channel between two loops over loopback TCP for `seconds`; MB/s delivered.
+        static func channelThroughput(seconds: Double) async throws -> Double {
             let server = try EventLoop(name: "bench-server")
             defer { server.shutdown() }
             let client = try EventLoop(name: "bench-client")
@@ -343,7 +346,7 @@ extension GPUMesh {
             let client = try EventLoop(name: "bench-client")
             defer { client.shutdown() }
             let clientIdentity = ChannelIdentity(SigningKey())
-            let contact = try await channelServer(on: server) { _ in }
+            let contact = try await Self.channelServer(on: server) { _ in }
             let start = EventLoop.monotonicNanoseconds()
             let deadline = start + UInt64(seconds * 1e9)
             var count = 0

@@ -1,0 +1,157 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshJobs
+import MeshMarket
+import MeshRuntime
+
+extension GPUMesh {
+    /// `gpumesh bench jobs`: the whole deal on loopback, and its parts.
+    struct JobsBench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "jobs",
+            abstract: "Run jobs between two nodes on loopback: round trips, sandbox start, input transfer vs the raw channel.",
+            discussion: """
+            A provider (simulated GPU, sandbox executor) and a renter run on separate loops in this process.
+            roundtrip: find + negotiate + run `true` in the sandbox + co-signed receipt, one job at a time.
+            sandbox_start: `true` in the same sandbox, started directly (spawn to exit).
+            transfer: one job whose input is --input-mib of data, from the accept to the provider's `started`,
+            against a plain channel between two loops measured in the same run.
+            """)
+
+        @Option(help: ArgumentHelp("Round-trip jobs.", valueName: "n")) var jobs = 30
+        @Option(help: ArgumentHelp("Input size for the transfer measurement, MiB (0: skip).", valueName: "mib")) var inputMib = 256
+        @Flag(help: "Print one JSON object.") var json = false
+
+        func validate() throws {
+            guard (1...1000).contains(jobs) else { throw ValidationError("--jobs must be 1 to 1000") }
+            guard (0...4096).contains(inputMib) else { throw ValidationError("--input-mib must be 0 to 4096") }
+        }
+
+        func run() async throws {
+            bootstrapLogging("error")
+            guard case .success(let tools) = Sandbox.Tools.find(), case .success = Sandbox.probe(tools: tools) else {
+                throw CLIError("the sandbox does not work on this host (bubblewrap, prlimit and user namespaces are needed)")
+            }
+            let scratch = NSTemporaryDirectory() + "gpumesh-bench-jobs-" + Hex.encode(SecureRandom.bytes(4))
+            try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: scratch) }
+
+            // Sandbox start alone.
+            var starts: [Double] = []
+            for i in 0..<max(10, jobs) {
+                benchProgress("sandbox start \(i + 1)", json: json)
+                starts.append(try Self.sandboxStart(tools: tools, scratch: scratch))
+            }
+
+            let providerLoop = try EventLoop(name: "bench-provider")
+            defer { providerLoop.shutdown() }
+            let renterLoop = try EventLoop(name: "bench-renter")
+            defer { renterLoop.shutdown() }
+            func options(_ bootstrap: [Contact]) -> MeshNode.Options {
+                var config = NodeConfig()
+                config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+                config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+                config.provider.maxInputMiB = max(inputMib, 1) * 2
+                var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
+                o.bootstrap = bootstrap
+                return o
+            }
+            let provider = try await MeshNode.start(on: providerLoop, options: options([]))
+            let renter = try await MeshNode.start(on: renterLoop, options: options([provider.contact]))
+            defer { Task { await renter.stop(); await provider.stop() } }
+            var terms = ProviderConfig()
+            terms.slots = 1
+            let host = HostFacts(cpuModel: "bench", cpuCores: 8, ramMiB: 65_536, diskFreeMiB: 1 << 20)
+            _ = try await provider.provide(OfferBuilder.capability(contact: provider.contact, gpus: try SimulatedGPUs.parse("1x rtx-4090"),
+                                                                   host: host, terms: terms, available: [.sandbox]))
+
+            let spec = try JobSpec(name: "true", command: ["true"], resources: { var r = JobSpec.Resources(); r.gpus = 1; return r }())
+            var roundTrips: [Double] = []
+            for i in 0..<jobs + 2 {
+                benchProgress("round trip \(i + 1)/\(jobs + 2)", json: json)
+                let start = EventLoop.monotonicNanoseconds()
+                _ = try await renter.runJob(JobRequest(spec: spec, inputPaths: [], outputRoot: scratch + "/out"))
+                // The first two warm caches (DHT routes, channel paths) and are not counted.
+                if i >= 2 { roundTrips.append(Double(EventLoop.monotonicNanoseconds() - start) / 1e6) }
+            }
+
+            var transfer: Double?
+            var channel: Double?
+            if inputMib > 0 {
+                benchProgress("writing a \(inputMib) MiB input", json: json)
+                let path = scratch + "/input.bin"
+                try Self.writeInput(path, mib: inputMib)
+                benchProgress("sending \(inputMib) MiB", json: json)
+                let big = try JobSpec(name: "transfer", command: ["true"], inputs: ["input.bin"],
+                                      resources: { var r = JobSpec.Resources(); r.gpus = 1; r.diskMiB = inputMib + 64; return r }())
+                let info = try await renter.runJob(JobRequest(spec: big, inputPaths: [path], outputRoot: scratch + "/out", provider: provider.contact))
+                if let s = info.inputSeconds, s > 0 { transfer = Double(info.inputBytes) / s / 1e6 }
+                benchProgress("raw channel", json: json)
+                channel = try await TransportBench.channelThroughput(seconds: 2)
+            }
+            benchProgress("", json: json)
+
+            let p50 = percentile(roundTrips, 0.5) ?? 0
+            let p99 = percentile(roundTrips, 0.99) ?? 0
+            let start50 = percentile(starts, 0.5) ?? 0
+            func r1(_ x: Double) -> Double { (x * 10).rounded() / 10 }
+            var result: [String: JSONValue] = [
+                "jobs": .int(roundTrips.count),
+                "roundtrip_ms_p50": .double(r1(p50)),
+                "roundtrip_ms_p99": .double(r1(p99)),
+                "sandbox_start_ms_p50": .double(r1(start50)),
+                "roundtrip_minus_sandbox_ms": .double(r1(p50 - start50)),
+                "input_mib": .int(inputMib),
+            ]
+            if let transfer, let channel {
+                result["transfer_mb_per_s"] = .double(r1(transfer))
+                result["channel_mb_per_s"] = .double(r1(channel))
+                result["transfer_to_channel_ratio"] = .double((transfer / channel * 1000).rounded() / 1000)
+            }
+            if json { try GPUMesh.printBenchJSON(result); return }
+            print(String(format: "round trip (find + negotiate + sandboxed true + receipt)  p50 %.1f ms  p99 %.1f ms  (%d jobs)", p50, p99, roundTrips.count))
+            print(String(format: "sandbox start (true, spawn to exit)                      p50 %.1f ms", start50))
+            print(String(format: "round trip minus sandbox start                           %.1f ms  (goal <= 50)", p50 - start50))
+            if let transfer, let channel {
+                print(String(format: "input transfer (%d MiB)                                   %.1f MB/s", inputMib, transfer))
+                print(String(format: "raw channel (same run)                                   %.1f MB/s  (ratio %.2f, goal >= 0.5)", channel, transfer / channel))
+            }
+        }
+
+        /// Milliseconds from spawning `true` in a sandbox to its exit.
+        static func sandboxStart(tools: Sandbox.Tools, scratch: String) throws -> Double {
+            let dir = scratch + "/start-" + Hex.encode(SecureRandom.bytes(4))
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let root = getuid() == 0
+            let policy = SandboxPolicy(workDirectory: dir, timeLimitSeconds: 10)
+            try Sandbox.prepareWorkDirectory(dir, policy: policy, runningAsRoot: root)
+            let argv = Sandbox.arguments(command: ["true"], policy: policy, tools: tools, runningAsRoot: root, otherProcesses: root ? 0 : Sandbox.processCount())
+            let done = DispatchSemaphore(value: 0)
+            let start = EventLoop.monotonicNanoseconds()
+            _ = try JobProcess.start(argv, timeLimitSeconds: 10, onOutput: { _, _ in }, onExit: { _ in done.signal() })
+            done.wait()
+            return Double(EventLoop.monotonicNanoseconds() - start) / 1e6
+        }
+
+        /// Writes `mib` MiB of incompressible bytes.
+        static func writeInput(_ path: String, mib: Int) throws {
+            guard let handle = FileHandle(forWritingAtPath: path) ?? {
+                FileManager.default.createFile(atPath: path, contents: nil) ? FileHandle(forWritingAtPath: path) : nil
+            }() else { throw CLIError("cannot write \(path)") }
+            defer { try? handle.close() }
+            var rng = SplitMix64(seed: 1)
+            var block = [UInt8](repeating: 0, count: 1 << 20)
+            for _ in 0..<mib {
+                block.withUnsafeMutableBytes { raw in
+                    let words = raw.bindMemory(to: UInt64.self)
+                    for i in words.indices { words[i] = rng.next() }
+                }
+                try handle.write(contentsOf: block)
+            }
+        }
+    }
+}

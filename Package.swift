@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "MeshCoreTests", dependencies: ["MeshCore"], swiftSettings: strict),
         .testTarget(name: "MeshJobsTests", dependencies: ["MeshJobs"], resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "MeshGossipTests", dependencies: ["MeshGossip", "MeshCore", "MeshCrypto"], swiftSettings: strict),
-        .testTarget(name: "MeshMarketTests", dependencies: ["MeshMarket", "MeshCore", "MeshCrypto"], swiftSettings: strict),
+        .testTarget(name: "MeshMarketTests", dependencies: ["MeshMarket", "MeshCore", "MeshCrypto", "MeshJobs"], swiftSettings: strict),
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",

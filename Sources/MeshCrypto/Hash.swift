@@ -82,3 +82,46 @@ public enum Blake2b {
         }
     }
 }
+
+/// The content hash of job files, built from fixed-size chunks so that every byte is hashed once
+/// on its way through a transfer: each 256 KiB chunk (the last may be shorter) has a BLAKE2b-128
+/// chunk hash, and the file hash is BLAKE2b-256 over `"gpumesh/file/v1" | size (8, big-endian) |
+/// chunk hashes in order`.
+public enum FileHash {
+    /// Bytes per chunk.
+    public static let chunkBytes = 256 << 10
+    /// Bytes of a chunk hash.
+    public static let chunkHashBytes = 16
+    static let context = Array("gpumesh/file/v1".utf8)
+
+    /// The hash of one chunk.
+    public static func chunk(_ data: some ContiguousBytes) -> [UInt8] { Blake2b.hash(data, outputLength: chunkHashBytes) }
+
+    /// The file hash from the file's size and its chunk hashes.
+    public static func file(size: UInt64, chunkHashes: [[UInt8]]) -> [UInt8] {
+        var b = Builder(size: size)
+        for h in chunkHashes { b.add(h) }
+        return b.finalize()
+    }
+
+    /// Builds a file hash chunk by chunk (copy-on-write, so copies of a holder stay independent).
+    public struct Builder {
+        private var hasher: Blake2b.Hasher
+
+        /// A builder for a file of `size` bytes.
+        public init(size: UInt64) {
+            hasher = Blake2b.Hasher(outputLength: 32)
+            hasher.update(FileHash.context)
+            hasher.update((0..<8).map { UInt8(truncatingIfNeeded: size >> (56 - 8 * $0)) })
+        }
+
+        /// Adds the next chunk's hash.
+        public mutating func add(_ chunkHash: [UInt8]) {
+            if !isKnownUniquelyReferenced(&hasher) { hasher = hasher.copy() }
+            hasher.update(chunkHash)
+        }
+
+        /// The file hash (the builder is spent).
+        public func finalize() -> [UInt8] { hasher.copy().finalize() }
+    }
+}

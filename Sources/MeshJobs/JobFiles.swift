@@ -7,7 +7,7 @@ import Glibc
 
 /// File handling for job work directories: inputs written without following links, outputs
 /// collected by glob without following links (a job must not get the provider to read or send a
-/// file outside its work directory), content hashed with BLAKE2b-256.
+/// file outside its work directory), content hashed with `FileHash`.
 public enum JobFiles {
     /// A file found for a manifest.
     public struct Found: Sendable, Equatable {
@@ -15,8 +15,10 @@ public enum JobFiles {
         public var path: String
         /// Size in bytes.
         public var size: UInt64
-        /// BLAKE2b-256 of the content.
+        /// The content's `FileHash`.
         public var hash: [UInt8]
+        /// The content's chunk hashes.
+        public var chunks: [[UInt8]]
     }
 
     /// Why a file operation failed.
@@ -28,25 +30,38 @@ public enum JobFiles {
         static func errno(_ what: String, _ path: String) -> Failure { Failure("\(what) \(path): \(String(cString: strerror(Glibc.errno)))") }
     }
 
-    /// Hashes a regular file (not following a link at `path` unless `followLinks`).
+    /// A regular file's size and `FileHash` (not following a link at `path` unless `followLinks`).
     public static func hash(path: String, followLinks: Bool = false) throws(Failure) -> (size: UInt64, hash: [UInt8]) {
+        let h = try hashChunks(path: path, followLinks: followLinks)
+        return (h.size, h.hash)
+    }
+
+    /// A regular file's size, `FileHash` and chunk hashes (kept so a transfer need not hash again).
+    public static func hashChunks(path: String, followLinks: Bool = false) throws(Failure) -> (size: UInt64, hash: [UInt8], chunks: [[UInt8]]) {
         let fd = open(path, O_RDONLY | O_CLOEXEC | (followLinks ? 0 : O_NOFOLLOW))
         guard fd >= 0 else { throw .errno("cannot open", path) }
         defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw Failure("\(path) is not a regular file") }
-        let hasher = Blake2b.Hasher(outputLength: 32)
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var buffer = [UInt8](repeating: 0, count: FileHash.chunkBytes)
         var total: UInt64 = 0
+        var chunks: [[UInt8]] = []
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && Glibc.errno == EINTR { continue }
-            guard n >= 0 else { throw .errno("cannot read", path) }
-            if n == 0 { break }
-            buffer.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            total += UInt64(n)
+            // Fill a whole chunk (reads may return less).
+            var filled = 0
+            while filled < buffer.count {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+                if n < 0 && Glibc.errno == EINTR { continue }
+                guard n >= 0 else { throw .errno("cannot read", path) }
+                if n == 0 { break }
+                filled += n
+            }
+            if filled == 0 { break }
+            chunks.append(buffer.withUnsafeBytes { FileHash.chunk(UnsafeRawBufferPointer(rebasing: $0[0..<filled])) })
+            total += UInt64(filled)
+            if filled < buffer.count { break }
         }
-        return (total, hasher.finalize())
+        return (total, FileHash.file(size: total, chunkHashes: chunks), chunks)
     }
 
     /// The regular files under `directory` whose relative paths match any of `globs`
@@ -78,8 +93,8 @@ public enum JobFiles {
         }
         var out: [Found] = []
         for rel in matches.sorted() {
-            let (size, hash) = try hash(path: directory + "/" + rel)
-            out.append(Found(path: rel, size: size, hash: hash))
+            let (size, hash, chunks) = try hashChunks(path: directory + "/" + rel)
+            out.append(Found(path: rel, size: size, hash: hash, chunks: chunks))
         }
         return out
     }
@@ -126,9 +141,10 @@ public enum JobFiles {
             try write(file: index, offset: 0, data: [])
         }
 
-        /// Flushes to disk and closes the open file.
-        public func finish() throws(Failure) {
-            if let (_, fd) = open, fsync(fd) != 0 { throw .errno("cannot flush", directory) }
+        /// Closes the open file, first flushing it to disk if `sync` (results worth keeping
+        /// across a crash; a job's inputs are not).
+        public func finish(sync: Bool = true) throws(Failure) {
+            if sync, let (_, fd) = open, fsync(fd) != 0 { throw .errno("cannot flush", directory) }
             closeCurrent()
         }
 

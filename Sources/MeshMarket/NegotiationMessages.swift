@@ -7,8 +7,8 @@ import MeshCrypto
 public enum Negotiation {
     /// Bytes of input or output a chunk carries at most.
     public static let maxChunkBytes = 1 << 20
-    /// Bytes the shells put in one chunk.
-    public static let chunkBytes = 256 << 10
+    /// Bytes in every chunk but a file's last (the file hash's chunk size).
+    public static let chunkBytes = FileHash.chunkBytes
     /// Bytes of one log message at most.
     public static let maxLogBytes = 64 << 10
     /// Bytes of a free-text note at most (declines, cancels, finish).
@@ -68,13 +68,13 @@ public enum Negotiation {
         }
     }
 
-    /// One file of an input or output manifest.
+    /// One file of an input or output manifest; `hash` is its `FileHash` (chunk hashes over 256 KiB chunks).
     public struct FileEntry: Sendable, Equatable, Hashable {
         /// A relative path with `/` separators (inputs: a base name).
         public var name: String
         /// Size in bytes.
         public var size: UInt64
-        /// BLAKE2b-256 of the content.
+        /// The content's `FileHash`.
         public var hash: [UInt8]
 
         /// An entry.
@@ -128,8 +128,8 @@ public enum Negotiation {
     /// BLAKE2b-256 of a manifest's wire form: what quotes and receipts name.
     public static func digest(_ files: [FileEntry]) -> [UInt8] { Blake2b.hash(encodeManifest(files), outputLength: 32) }
 
-    /// BLAKE2b-128 of a chunk's data, carried with it.
-    public static func chunkHash(_ data: some ContiguousBytes) -> [UInt8] { Blake2b.hash(data, outputLength: 16) }
+    /// BLAKE2b-128 of a chunk's data, carried with it (`FileHash.chunk`).
+    public static func chunkHash(_ data: some ContiguousBytes) -> [UInt8] { FileHash.chunk(data) }
 
     // MARK: Signed statements
 

@@ -82,13 +82,14 @@ extension Negotiation {
         case close(Outcome)
     }
 
-    /// Receives a manifest's files as ordered chunks and checks each chunk's hash, the offsets,
-    /// the sizes and each whole file's hash.
+    /// Receives a manifest's files as ordered chunks of `chunkBytes` (a file's last may be
+    /// shorter) and checks each chunk's hash, the offsets, the sizes and each whole file's hash,
+    /// which is built from the chunk hashes (so every byte is hashed once).
     struct Receiver {
         let files: [FileEntry]
         private(set) var file = 0
         private(set) var offset: UInt64 = 0
-        private var hasher: Blake2b.Hasher?
+        private var builder: FileHash.Builder?
         private(set) var bytes: UInt64 = 0
 
         init(_ files: [FileEntry]) {
@@ -105,17 +106,17 @@ extension Negotiation {
         mutating func take(file f: UInt16, offset o: UInt64, hash: [UInt8], data: [UInt8]) -> Result<Int, Failure> {
             guard !isComplete else { return .failure(Failure(.protocolError, "a chunk after the last file")) }
             guard Int(f) == file, o == offset else { return .failure(Failure(.protocolError, "chunk for file \(f) at \(o); expected file \(file) at \(offset)")) }
-            guard !data.isEmpty, UInt64(data.count) <= files[file].size - offset else { return .failure(Failure(.protocolError, "chunk overruns \(files[file].name)")) }
+            let expected = Int(min(UInt64(chunkBytes), files[file].size - offset))
+            guard data.count == expected else { return .failure(Failure(.protocolError, "a chunk of \(files[file].name) has \(data.count) bytes, not \(expected)")) }
             guard Negotiation.chunkHash(data) == hash else { return .failure(Failure(.protocolError, "a chunk of \(files[file].name) does not match its hash")) }
-            // Copy-on-write: a copied session must not feed the original's hash state.
-            if hasher == nil { hasher = Blake2b.Hasher(outputLength: 32) } else if !isKnownUniquelyReferenced(&hasher) { hasher = hasher!.copy() }
-            hasher!.update(data)
+            if builder == nil { builder = FileHash.Builder(size: files[file].size) }
+            builder!.add(hash)
             let index = file
             offset += UInt64(data.count)
             bytes += UInt64(data.count)
             if offset == files[file].size {
-                let digest = hasher!.finalize()
-                hasher = nil
+                let digest = builder!.finalize()
+                builder = nil
                 guard digest == files[file].hash else { return .failure(Failure(.protocolError, "\(files[file].name) does not match its hash")) }
                 file += 1
                 offset = 0
@@ -124,14 +125,13 @@ extension Negotiation {
             return .success(index)
         }
 
-        /// Empty files are complete at once, if their hash is that of no bytes.
         private mutating func skipEmpty() {
             while file < files.count, files[file].size == 0 { file += 1 }
         }
     }
 
-    /// BLAKE2b-256 of no bytes.
-    public static let emptyHash = Blake2b.hash([UInt8](), outputLength: 32)
+    /// The file hash of no bytes.
+    public static let emptyHash = FileHash.file(size: 0, chunkHashes: [])
 
     /// A timer that is re-armed by state changes and checks idleness against the last progress.
     struct Watch {

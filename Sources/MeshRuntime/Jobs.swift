@@ -52,6 +52,13 @@ public struct JobInfo: Codable, Sendable, Equatable {
 
     /// True once the job is over.
     public var isFinished: Bool { ["completed", "failed", "cancelled"].contains(state) }
+
+    enum CodingKeys: String, CodingKey {
+        case id, role, name, peer, state, attempts, createdAt = "created_at", updatedAt = "updated_at"
+        case inputBytes = "input_bytes", inputBytesDone = "input_bytes_done", outputBytes = "output_bytes", outputBytesDone = "output_bytes_done"
+        case exitStatus = "exit_status", timedOut = "timed_out", wallSeconds = "wall_s", inputSeconds = "input_s"
+        case outputDirectory = "output_directory", outputs, receipt, charge, failure, logBytes = "log_bytes"
+    }
 }
 
 /// A renter's request to run a job.
@@ -102,7 +109,7 @@ public enum JobError: Error, CustomStringConvertible, Sendable {
 /// chunk only when the channel has room, so memory stays at one chunk per sender.
 final class ChunkSender {
     private let channel: SecureChannel
-    private let files: [(path: String, size: UInt64)]
+    private let files: [(path: String, size: UInt64, chunks: [[UInt8]]?)]
     private var file = 0
     private var offset: UInt64 = 0
     private var reader: JobFiles.Reader?
@@ -112,7 +119,8 @@ final class ChunkSender {
     private let followLinks: Bool
 
     /// `followLinks`: the renter's own inputs may be links; a provider's outputs may not.
-    init(channel: SecureChannel, files: [(path: String, size: UInt64)], progress: @escaping (Int) -> Void,
+    /// `chunks`: the file's chunk hashes when already known (from hashing it), else computed here.
+    init(channel: SecureChannel, files: [(path: String, size: UInt64, chunks: [[UInt8]]?)], progress: @escaping (Int) -> Void,
          done: @escaping (Result<Void, JobFiles.Failure>) -> Void, followLinks: Bool = false) {
         self.channel = channel
         self.files = files
@@ -146,7 +154,9 @@ final class ChunkSender {
                 let want = Int(min(UInt64(Negotiation.chunkBytes), files[file].size - offset))
                 let data = try reader!.read(at: offset, count: want)
                 guard data.count == want else { throw JobFiles.Failure("\(files[file].path) changed size while being sent") }
-                channel.send(Negotiation.Message.chunk(file: UInt16(file), offset: offset, hash: Negotiation.chunkHash(data), data: data).encoded)
+                let index = Int(offset / UInt64(Negotiation.chunkBytes))
+                let known = files[file].chunks.flatMap { index < $0.count ? $0[index] : nil }
+                channel.send(Negotiation.Message.chunk(file: UInt16(file), offset: offset, hash: known ?? Negotiation.chunkHash(data), data: data).encoded)
                 offset += UInt64(data.count)
                 progress(data.count)
             } catch {

@@ -117,6 +117,8 @@ final class JobsService: @unchecked Sendable {
         var sender: ChunkSender?
         var log: JobLog?
         var closed = false
+        /// Each output's chunk hashes, from collecting it.
+        var outputChunks: [String: [[UInt8]]] = [:]
 
         init(session: Negotiation.ProviderSession, channel: SecureChannel) {
             self.session = session
@@ -200,7 +202,7 @@ final class JobsService: @unchecked Sendable {
             case .sendOutputs(let files):
                 guard let dir = job.workDir else { continue }
                 if let id = job.id { update(id) { $0.outputBytes = files.reduce(0) { $0 + $1.size } } }
-                let sender = ChunkSender(channel: job.channel, files: files.map { (dir + "/" + $0.name, $0.size) },
+                let sender = ChunkSender(channel: job.channel, files: files.map { (dir + "/" + $0.name, $0.size, job.outputChunks[$0.name]) },
                                          progress: { [unowned self, unowned job] n in
                                              job.session.onProgress(now: now)
                                              if let id = job.id { update(id) { $0.outputBytesDone += UInt64(n) } }
@@ -240,7 +242,7 @@ final class JobsService: @unchecked Sendable {
         do {
             let writer = try prepareWork(job)
             for (i, f) in job.session.inputs.enumerated() where f.size == 0 { try writer.touch(file: i) }
-            try writer.finish()
+            try writer.finish(sync: false)
             argv = try executorArguments(job, spec, workDir: job.workDir!)
         } catch {
             driveProvider(job, job.session.onStartFailed("\(error)"))
@@ -309,7 +311,9 @@ final class JobsService: @unchecked Sendable {
                 var outputs: [Negotiation.FileEntry] = []
                 var note = ""
                 switch found {
-                case .success(let files): outputs = files.map { Negotiation.FileEntry(name: $0.path, size: $0.size, hash: $0.hash) }
+                case .success(let files):
+                    outputs = files.map { Negotiation.FileEntry(name: $0.path, size: $0.size, hash: $0.hash) }
+                    job.outputChunks = Dictionary(files.map { ($0.path, $0.chunks) }, uniquingKeysWith: { a, _ in a })
                 case .failure(let e): note = "outputs not collected: \(e)"
                 }
                 self.driveProvider(job, job.session.onExited(status: exit.status, signaled: exit.signaled, timedOut: exit.timedOut,
@@ -394,6 +398,8 @@ final class JobsService: @unchecked Sendable {
         let hex: String
         let request: JobRequest
         var entries: [Negotiation.FileEntry] = []
+        /// Each input's chunk hashes, from hashing it before the request.
+        var chunks: [[[UInt8]]] = []
         var candidates: [Contact] = []
         var next = 0
         var session: Negotiation.RenterSession?
@@ -438,11 +444,12 @@ final class JobsService: @unchecked Sendable {
         let paths = request.inputPaths
         let names = request.spec.inputs.map(JobSpec.baseName)
         DispatchQueue.global().async { [self] in
-            let (entries, problem) = Self.hashInputs(paths, names)
+            let (entries, chunks, problem) = Self.hashInputs(paths, names)
             loop.execute {
                 guard let job = self.renting[hex] else { return }
                 if let problem { self.finishRenter(job, state: "failed", failure: "bad-request: \(problem)"); return }
                 job.entries = entries
+                job.chunks = chunks
                 self.update(hex) { $0.inputBytes = entries.reduce(0) { $0 + $1.size } }
                 self.findProviders(job)
             }
@@ -450,17 +457,19 @@ final class JobsService: @unchecked Sendable {
         return hex
     }
 
-    private static func hashInputs(_ paths: [String], _ names: [String]) -> ([Negotiation.FileEntry], String?) {
+    private static func hashInputs(_ paths: [String], _ names: [String]) -> ([Negotiation.FileEntry], [[[UInt8]]], String?) {
         var entries: [Negotiation.FileEntry] = []
+        var chunks: [[[UInt8]]] = []
         for (path, name) in zip(paths, names) {
             do throws(JobFiles.Failure) {
-                let (size, hash) = try JobFiles.hash(path: path, followLinks: true)
-                entries.append(Negotiation.FileEntry(name: name, size: size, hash: hash))
+                let h = try JobFiles.hashChunks(path: path, followLinks: true)
+                entries.append(Negotiation.FileEntry(name: name, size: h.size, hash: h.hash))
+                chunks.append(h.chunks)
             } catch {
-                return (entries, "input \(path): \(error)")
+                return (entries, chunks, "input \(path): \(error)")
             }
         }
-        return (entries, nil)
+        return (entries, chunks, nil)
     }
 
     private func findProviders(_ job: RenterJob) {
@@ -542,7 +551,7 @@ final class JobsService: @unchecked Sendable {
             case .sendInputs:
                 update(job.hex) { $0.state = "sending-inputs"; $0.inputBytesDone = 0 }
                 job.inputsStarted = EventLoop.monotonicNanoseconds()
-                let sender = ChunkSender(channel: channel, files: zip(job.request.inputPaths, job.entries).map { ($0, $1.size) },
+                let sender = ChunkSender(channel: channel, files: job.entries.indices.map { (job.request.inputPaths[$0], job.entries[$0].size, job.chunks[$0]) },
                                          progress: { [unowned self, unowned job] n in
                                              job.session?.onProgress(now: now)
                                              update(job.hex) { $0.inputBytesDone += UInt64(n) }

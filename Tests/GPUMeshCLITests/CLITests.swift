@@ -123,7 +123,7 @@ struct CLITests {
         #expect(FileManager.default.isExecutableFile(atPath: gpumeshBinary), "build it first: swift build")
         let r = try run(["--help"])
         #expect(r.status == 0)
-        for sub in ["init", "id", "node", "status", "peers", "dht", "mesh-key", "demo", "debug", "bench"] { #expect(r.stdout.contains(sub)) }
+        for sub in ["init", "id", "node", "status", "peers", "dht", "mesh-key", "demo", "debug", "bench", "run", "jobs", "job"] { #expect(r.stdout.contains(sub)) }
         #expect(try run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == GPUMeshVersion.current)
     }
 
@@ -349,6 +349,80 @@ struct CLITests {
         let after = try json(try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--json"]).stdout)
         #expect((after["offers"] as? [Any])?.isEmpty == true)
         #expect(after["withdrawn"] as? Int == 1)
+    }
+
+    @Test("run executes a job found through the mesh: logs on stdout, outputs in gpumesh-out/<job-id>/, a receipt; jobs, job logs and job show agree; bad job files name their line")
+    func runJob() throws {
+        let a = try tempDataDir(), b = try tempDataDir()
+        #expect(try run(["init", "--data-dir", a]).status == 0)
+        #expect(try run(["init", "--data-dir", b]).status == 0)
+        let offer = try json(try run(["offer", "show", "--data-dir", a, "--simulate-gpus", "1x rtx-4090", "--json"]).stdout)
+        guard (offer["executors"] as? [String])?.contains("sandbox") == true else { return }  // no working sandbox here (stated by offer show)
+        let provider = try Background(["node", "--data-dir", a, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--provide",
+                                       "--simulate-gpus", "1x rtx-4090"])
+        defer { _ = provider.stop() }
+        let contact = try #require(provider.firstLine["contact"] as? String)
+        let renter = try Background(["node", "--data-dir", b, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--bootstrap", contact])
+        defer { _ = renter.stop() }
+        let work = try tempDataDir()
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        try "hello mesh\n".write(toFile: work + "/in.txt", atomically: true, encoding: .utf8)
+        try """
+        name = "upper"
+        command = ["sh", "-c", "echo working; tr a-z A-Z < in.txt > out.txt"]
+        inputs = ["in.txt"]
+        outputs = ["out.txt"]
+        max_price = 2
+        [resources]
+        gpus = 1
+        time_limit = "30s"
+        """.write(toFile: work + "/job.toml", atomically: true, encoding: .utf8)
+        // The provider's record must be findable first.
+        for _ in 0..<100 {
+            let found = try run(["find", "--data-dir", b, "--gpu", "rtx-4090", "--json"])
+            if ((try? json(found.stdout)["offers"] as? [Any]) ?? []).isEmpty == false { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let out = work + "/results"
+        let r = try run(["run", "--data-dir", b, work + "/job.toml", "--out", out], timeout: 60)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("working"))
+        #expect(r.stderr.contains("completed") && r.stderr.contains("receipt") && r.stderr.contains("out.txt"))
+        let listed = try run(["jobs", "--data-dir", b, "--json"])
+        let jobs = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        let job = try #require(jobs.first)
+        let id = try #require(job["id"] as? String)
+        #expect(job["state"] as? String == "completed" && job["role"] as? String == "renter" && job["exit_status"] as? Int == 0)
+        #expect(FileManager.default.contents(atPath: out + "/" + id + "/out.txt") == Data("HELLO MESH\n".utf8))
+        let logs = try run(["job", "logs", "--data-dir", b, String(id.prefix(8))])
+        #expect(logs.status == 0 && logs.stdout == "working\n")
+        let providerJobs = try run(["jobs", "--data-dir", a])
+        #expect(providerJobs.status == 0 && providerJobs.stdout.contains(String(id.prefix(12))) && providerJobs.stdout.contains("provider"))
+        let shown = try json(try run(["job", "show", "--data-dir", a, id, "--json"]).stdout)
+        #expect(shown["receipt"] as? String == job["receipt"] as? String)
+        // Bad job files and IDs: precise errors, nothing sent.
+        try "name = \"x\"\ncommand = [\"true\"]\n[resources]\nmemory = \"lots\"\n".write(toFile: work + "/bad.toml", atomically: true, encoding: .utf8)
+        let bad = try run(["run", "--data-dir", b, work + "/bad.toml"])
+        #expect(bad.status == 1 && bad.stderr.contains("line 4") && bad.stderr.contains("resources.memory"), "\(bad.stderr)")
+        try "name = \"x\"\ncommand = [\"true\"]\ninputs = [\"missing.bin\"]\n".write(toFile: work + "/missing.toml", atomically: true, encoding: .utf8)
+        let missing = try run(["run", "--data-dir", b, work + "/missing.toml"])
+        #expect(missing.status == 1 && missing.stderr.contains("missing.bin"))
+        let unknown = try run(["job", "cancel", "--data-dir", b, "abcdef"])
+        #expect(unknown.status == 1 && unknown.stderr.contains("no job abcdef"))
+        #expect(try run(["jobs", "--data-dir", b, "--json"]).stdout == listed.stdout)
+    }
+
+    @Test("bench jobs --json prints round trip, sandbox start and transfer figures")
+    func benchJobs() throws {
+        let r = try run(["bench", "jobs", "--json", "--jobs", "3", "--input-mib", "4"], timeout: 150)
+        if r.status != 0 && r.stderr.contains("sandbox does not work") { return }
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r.stdout)
+        for key in ["roundtrip_ms_p50", "roundtrip_ms_p99", "sandbox_start_ms_p50", "transfer_mb_per_s", "channel_mb_per_s"] {
+            #expect((o[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        #expect((o["roundtrip_ms_p99"] as? Double ?? 0) >= (o["roundtrip_ms_p50"] as? Double ?? 1))
+        #expect(o["jobs"] as? Int == 3)
     }
 
     @Test("debug publish on one node is delivered on another; gossip stats shows it; a bad topic is refused")

@@ -1,5 +1,7 @@
 import MeshCore
+import Foundation
 import MeshCrypto
+import MeshJobs
 @testable import MeshMarket
 import Testing
 
@@ -28,7 +30,8 @@ struct Harness {
     var autoRun = true
 
     static func entry(_ name: String, _ data: [UInt8]) -> Negotiation.FileEntry {
-        Negotiation.FileEntry(name: name, size: UInt64(data.count), hash: Blake2b.hash(data, outputLength: 32))
+        let chunks = stride(from: 0, to: data.count, by: Negotiation.chunkBytes).map { Negotiation.chunkHash(Array(data[$0..<min(data.count, $0 + Negotiation.chunkBytes)])) }
+        return Negotiation.FileEntry(name: name, size: UInt64(data.count), hash: FileHash.file(size: UInt64(data.count), chunkHashes: chunks))
     }
 
     static func policy(price: Price = Price(millipoints: 1000)) -> ProviderPolicy {
@@ -171,6 +174,24 @@ struct NegotiationTests {
         #expect(copy.onMessage(next.bytes, now: h.now).count == 1)
         h.pump()
         #expect(h.renter.receipt != nil)
+    }
+
+    @Test("a file hash is built from its chunk hashes and binds the size; JobFiles computes the same")
+    func fileHash() throws {
+        let data = (0..<(Negotiation.chunkBytes * 2 + 5)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let e = Harness.entry("x", data)
+        #expect(e.hash != Harness.entry("x", Array(data.dropLast())).hash)
+        #expect(FileHash.file(size: 1, chunkHashes: []) != Negotiation.emptyHash)
+        let path = NSTemporaryDirectory() + "gm-filehash-\(UInt32.random(in: 0...UInt32.max))"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(data))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let h = try JobFiles.hashChunks(path: path)
+        #expect(h.size == UInt64(data.count) && h.hash == e.hash && h.chunks.count == 3)
+        // A chunk shorter than the chunk size, where a full one was due, is refused.
+        var r = Negotiation.Receiver([e])
+        guard case .failure = r.take(file: 0, offset: 0, hash: Negotiation.chunkHash(Array(data[0..<10])), data: Array(data[0..<10])) else {
+            Issue.record("a short chunk was accepted"); return
+        }
     }
 
     @Test("charges round up to a whole millipoint and never overflow")

@@ -228,8 +228,7 @@ extension Negotiation {
             guard let message = Message(decoding: bytes) else { return violation("a malformed message") }
             switch (state, message) {
             case (_, .cancel(let reason, let note)):
-                let wasRunning = state == .running || state == .starting
-                return end(.failed(Failure(reason, note.isEmpty ? "cancelled by the renter" : note, byPeer: true)), kill: wasRunning)
+                return end(.failed(Failure(reason, note.isEmpty ? "cancelled by the renter" : note, byPeer: true)))
             case (.awaitingRequest, .request(let id, let specBytes, let files)):
                 return request(id, specBytes, files, now: now)
             case (.quoted, .accept(let id, let digest, let signature)):
@@ -298,7 +297,7 @@ extension Negotiation {
         /// The job could not be started.
         public mutating func onStartFailed(_ note: String) -> [Directive] {
             guard state == .starting else { return [] }
-            return end(.failed(Failure(.failed, note)), send: .cancel(reason: .failed, note: note))
+            return end(.failed(Failure(.failed, note)), send: .cancel(reason: .failed, note: note), kill: false)  // nothing runs
         }
 
         /// Output from the job.
@@ -370,9 +369,9 @@ extension Negotiation {
             switch state {
             case .awaitingRequest: return end(.failed(Failure(.timeout, "no request within \(timeouts.request) ms")))
             case .quoted: return decline(.expired, "the quote expired before it was accepted")
-            case .receivingInputs: return timedOut("no input for \(timeouts.idle) ms", kill: false)
-            case .sendingOutputs: return timedOut("the renter took no output for \(timeouts.idle) ms", kill: false)
-            case .awaitingCountersign: return timedOut("the renter did not countersign the receipt within \(timeouts.receipt) ms", kill: false)
+            case .receivingInputs: return abort(.timeout, "no input for \(timeouts.idle) ms")
+            case .sendingOutputs: return abort(.timeout, "the renter took no output for \(timeouts.idle) ms")
+            case .awaitingCountersign: return abort(.timeout, "the renter did not countersign the receipt within \(timeouts.receipt) ms")
             default: return []
             }
         }
@@ -380,43 +379,38 @@ extension Negotiation {
         /// The channel closed.
         public mutating func onClosed() -> [Directive] {
             guard state != .done else { return [] }
-            let running = state == .running || state == .starting
-            state = .done
-            watch.disarm()
-            return (running ? [.kill] : []) + [.close(.failed(Failure(.disconnected, "the renter went away")))]
+            return end(.failed(Failure(.disconnected, "the renter went away")))
         }
 
         /// This side cancels (the provider's operator).
         public mutating func cancel(_ note: String) -> [Directive] {
             guard state != .done else { return [] }
-            let running = state == .running || state == .starting
-            return end(.failed(Failure(.cancelled, note)), send: .cancel(reason: .cancelled, note: note), kill: running)
+            return abort(.cancelled, note)
         }
 
         /// This side cannot go on (a disk error, an executor failure).
         public mutating func fail(_ note: String) -> [Directive] {
             guard state != .done else { return [] }
-            let running = state == .running || state == .starting
-            return end(.failed(Failure(.failed, note)), send: .cancel(reason: .failed, note: note), kill: running)
-        }
-
-        private mutating func timedOut(_ note: String, kill: Bool) -> [Directive] {
-            end(.failed(Failure(.timeout, note)), send: .cancel(reason: .timeout, note: note), kill: kill)
+            return abort(.failed, note)
         }
 
         private mutating func decline(_ reason: Reason, _ note: String) -> [Directive] {
             end(.failed(Failure(reason, note)), send: .decline(jobID: jobID.count == jobIDBytes ? jobID : [UInt8](repeating: 0, count: jobIDBytes), reason: reason, note: note))
         }
 
-        private mutating func violation(_ note: String) -> [Directive] {
-            end(.failed(Failure(.protocolError, note)), send: .cancel(reason: .protocolError, note: note),
-                kill: state == .running || state == .starting)
+        private mutating func violation(_ note: String) -> [Directive] { abort(.protocolError, note) }
+
+        /// Ends the session, telling the renter why.
+        private mutating func abort(_ reason: Reason, _ note: String) -> [Directive] {
+            end(.failed(Failure(reason, note)), send: .cancel(reason: reason, note: note))
         }
 
-        private mutating func end(_ outcome: Outcome, send: Message? = nil, kill: Bool = false) -> [Directive] {
+        /// Ends the session; a job that is starting or running is killed unless `kill` says otherwise.
+        private mutating func end(_ outcome: Outcome, send: Message? = nil, kill: Bool? = nil) -> [Directive] {
+            let killJob = kill ?? (state == .running || state == .starting)
             state = .done
             watch.disarm()
-            return (kill ? [.kill] : []) + (send.map { [.send($0)] } ?? []) + [.close(outcome)]
+            return (killJob ? [.kill] : []) + (send.map { [.send($0)] } ?? []) + [.close(outcome)]
         }
 
         static func name(_ m: Message) -> String {
@@ -547,10 +541,9 @@ extension Negotiation {
         private mutating func quoted(_ q: Quote, now: UInt64) -> [Directive] {
             guard q.jobID == jobID, q.provider == provider, q.renter == identity.publicKey, q.specDigest == Blake2b.hash(specBytes, outputLength: 32),
                   q.inputsDigest == Negotiation.digest(inputs), q.isValid else { return violation("the quote does not match the request or its signature") }
-            guard now <= q.validUntil else { return end(.failed(Failure(.expired, "the quote arrived already expired")), send: .cancel(reason: .expired, note: "quote expired")) }
+            guard now <= q.validUntil else { return abort(.expired, "the quote arrived already expired") }
             if let max = spec.maxPrice, q.price > max {
-                let note = "quoted \(q.price) points per GPU-hour, above the maximum of \(max)"
-                return end(.failed(Failure(.price, note)), send: .cancel(reason: .price, note: note))
+                return abort(.price, "quoted \(q.price) points per GPU-hour, above the maximum of \(max)")
             }
             quote = q
             let digest = q.digest
@@ -600,32 +593,33 @@ extension Negotiation {
             case .awaitingReceipt: note = "no receipt within \(timeouts.receipt) ms"
             default: return []
             }
-            return end(.failed(Failure(.timeout, note)), send: .cancel(reason: .timeout, note: note))
+            return abort(.timeout, note)
         }
 
         /// The channel closed.
         public mutating func onClosed() -> [Directive] {
             guard state != .done else { return [] }
             let note = state == .idle || state == .awaitingQuote ? "the provider closed the channel" : "the provider went away while the job was \(state.rawValue)"
-            state = .done
-            watch.disarm()
-            return [.close(.failed(Failure(.disconnected, note)))]
+            return end(.failed(Failure(.disconnected, note)))
         }
 
         /// This side cancels (Ctrl-C, `gpumesh job cancel`).
         public mutating func cancel(_ note: String) -> [Directive] {
             guard state != .done else { return [] }
-            return end(.failed(Failure(.cancelled, note)), send: .cancel(reason: .cancelled, note: note))
+            return abort(.cancelled, note)
         }
 
         /// This side cannot go on (a disk error writing outputs).
         public mutating func fail(_ note: String) -> [Directive] {
             guard state != .done else { return [] }
-            return end(.failed(Failure(.failed, note)), send: .cancel(reason: .failed, note: note))
+            return abort(.failed, note)
         }
 
-        private mutating func violation(_ note: String) -> [Directive] {
-            end(.failed(Failure(.protocolError, note)), send: .cancel(reason: .protocolError, note: note))
+        private mutating func violation(_ note: String) -> [Directive] { abort(.protocolError, note) }
+
+        /// Ends the session, telling the provider why.
+        private mutating func abort(_ reason: Reason, _ note: String) -> [Directive] {
+            end(.failed(Failure(reason, note)), send: .cancel(reason: reason, note: note))
         }
 
         private mutating func end(_ outcome: Outcome, send: Message? = nil) -> [Directive] {

@@ -157,20 +157,27 @@ public enum Sandbox {
         while let item = items?.nextObject() as? String { try own(path + "/" + item) }
     }
 
+    /// Prepares `policy.workDirectory` for the job's uid and returns the command line that runs
+    /// `command` there as this process may: a root provider's job drops to `unprivilegedUser`;
+    /// otherwise the job keeps this uid and its process limit counts the uid's other processes.
+    public static func commandLine(_ command: [String], policy: SandboxPolicy, tools: Tools) throws -> [String] {
+        let root = getuid() == 0
+        try prepareWorkDirectory(policy.workDirectory, policy: policy, runningAsRoot: root)
+        return arguments(command: command, policy: policy, tools: tools, runningAsRoot: root, otherProcesses: root ? 0 : processCount())
+    }
+
     /// Runs `true` in a sandbox to learn whether the executor works on this host.
     public static func probe(tools: Tools, scratch: String = NSTemporaryDirectory()) -> Result<Void, SandboxError> {
         let dir = scratch + "/gpumesh-probe-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let root = getuid() == 0
         let policy = SandboxPolicy(workDirectory: dir, timeLimitSeconds: 10, memoryBytes: 256 << 20)
+        let argv: [String]
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try prepareWorkDirectory(dir, policy: policy, runningAsRoot: root)
+            argv = try commandLine(["sh", "-c", "echo ok > probe"], policy: policy, tools: tools)
         } catch {
             return .failure(.probeFailed("cannot prepare \(dir): \(error)"))
         }
-        let argv = arguments(command: ["sh", "-c", "echo ok > probe"], policy: policy, tools: tools, runningAsRoot: root,
-                             otherProcesses: root ? 0 : processCount())
         let done = DispatchSemaphore(value: 0)
         let said = Box("")
         let result = Box<JobExit?>(nil)

@@ -116,14 +116,12 @@ public enum Negotiation {
         var files: [FileEntry] = []
         var names = Set<String>()
         for _ in 0..<n {
-            guard let raw = r.blob16(max: 1024), let name = String(validating: raw, as: UTF8.self), isSafe(name),
+            guard let raw = r.blob16(max: 1024), let name = String(validating: raw, as: UTF8.self), FileEntry.isSafeRelativePath(name),
                   let size = r.u64(), let hash = r.raw(32), names.insert(name).inserted else { return nil }
             files.append(FileEntry(name: name, size: size, hash: hash))
         }
         return files
     }
-
-    private static func isSafe(_ name: String) -> Bool { FileEntry.isSafeRelativePath(name) }
 
     /// BLAKE2b-256 of a manifest's wire form: what quotes and receipts name.
     public static func digest(_ files: [FileEntry]) -> [UInt8] { Blake2b.hash(encodeManifest(files), outputLength: 32) }
@@ -341,10 +339,9 @@ public enum Negotiation {
             // Keep the signed numbers as sent; `isValid` checks that they follow from price and time.
             gpuMilliseconds = gpuMs
             self.charge = charge
-            guard Receipt.roundTrips(self, bytes) else { return nil }
+            guard body == bytes else { return nil }  // only the canonical encoding is accepted
         }
 
-        private static func roundTrips(_ r: Receipt, _ bytes: [UInt8]) -> Bool { r.body == bytes }
     }
 
     // MARK: Messages

@@ -14,7 +14,7 @@ final class JobsService: @unchecked Sendable {
     unowned let node: MeshNode
     /// `<data>/jobs`: logs and the job history.
     let directory: String
-    /// `<data>/work`: provider work directories.
+    /// Provider work directories: `<data>/work`, or under the temp directory when running as root.
     let workRoot: String
     let receipts: ReceiptStore
     private(set) var infos: [String: JobInfo] = [:]
@@ -33,8 +33,8 @@ final class JobsService: @unchecked Sendable {
             // their work directories live in a root-owned directory anyone may traverse but not
             // list, each one owned by nobody with mode 0700.
             workRoot = NSTemporaryDirectory() + "gpumesh-work-" + node.peerID.hex.prefix(16)
-            try fm.createDirectory(atPath: workRoot, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o711])
-            _ = chmod(workRoot, 0o711)
+            try fm.createDirectory(atPath: workRoot, withIntermediateDirectories: true)
+            _ = chmod(workRoot, 0o711)  // also when it was left by an earlier run
         } else {
             workRoot = node.dataDirectory + "/work"
             try fm.createDirectory(atPath: workRoot, withIntermediateDirectories: true)
@@ -61,10 +61,8 @@ final class JobsService: @unchecked Sendable {
     func stop() {
         stopped = true
         for job in Array(renting.values) { if job.session != nil { driveRenter(job, job.session!.cancel("the renter's node stopped")) } }
-        for job in Array(providing.values) {
-            driveProvider(job, job.session.cancel("the provider's node stopped"))
-            job.process?.cancel()
-        }
+        // A running job's session asks for the kill itself.
+        for job in Array(providing.values) { driveProvider(job, job.session.cancel("the provider's node stopped")) }
         try? historyHandle?.close()
         historyHandle = nil
         if getuid() == 0 { try? FileManager.default.removeItem(atPath: workRoot) }
@@ -166,7 +164,7 @@ final class JobsService: @unchecked Sendable {
         guard job.id == nil, let spec = job.session.spec else { return }
         node.bump(.jobsRequested)
         let id = Hex.encode(job.session.jobID)
-        // A renter reusing a job ID gets its own record: the provider keys it with the renter.
+        // A job ID seen before (a renter reusing one) gets its own record under a suffixed key.
         let key = infos[id] == nil ? id : id + "-" + Hex.encode(SecureRandom.bytes(2))
         job.id = key
         let t = Date().timeIntervalSince1970
@@ -197,8 +195,7 @@ final class JobsService: @unchecked Sendable {
             case .run:
                 run(job)
             case .kill:
-                job.process?.cancel()
-                if let c = job.cleanup { Self.runDetached(c) }
+                job.process?.cancel()  // a container is removed once the client has exited (processExited)
             case .sendOutputs(let files):
                 guard let dir = job.workDir else { continue }
                 if let id = job.id { update(id) { $0.outputBytes = files.reduce(0) { $0 + $1.size } } }
@@ -274,13 +271,10 @@ final class JobsService: @unchecked Sendable {
         switch spec.executor {
         case .sandbox:
             let tools = try Sandbox.Tools.find().get()
-            let root = getuid() == 0
             let policy = SandboxPolicy(workDirectory: workDir, timeLimitSeconds: r.timeLimitSeconds, memoryBytes: UInt64(r.memoryMiB) << 20,
                                        fileSizeBytes: UInt64(r.diskMiB) << 20, environment: spec.environment,
                                        devices: r.gpus > 0 ? Sandbox.gpuDevices() : [], hiddenPaths: [node.dataDirectory])
-            try Sandbox.prepareWorkDirectory(workDir, policy: policy, runningAsRoot: root)
-            return Sandbox.arguments(command: spec.command, policy: policy, tools: tools, runningAsRoot: root,
-                                     otherProcesses: root ? 0 : Sandbox.processCount())
+            return try Sandbox.commandLine(spec.command, policy: policy, tools: tools)
         case .docker, .podman:
             let runtime = spec.executor.rawValue
             guard let program = GPUDetector.find(runtime) else { throw JobFiles.Failure("\(runtime) is not installed") }
@@ -736,8 +730,7 @@ extension MeshNode {
                 }
             }
             let paths = spec.inputs.map { $0.hasPrefix("/") ? $0 : base + "/" + $0 }
-            var request = JobRequest(spec: spec, inputPaths: paths, outputRoot: outputRoot, provider: provider, retries: params?["retries"]?.intValue ?? 0)
-            request.retries = max(0, request.retries)
+            let request = JobRequest(spec: spec, inputPaths: paths, outputRoot: outputRoot, provider: provider, retries: params?["retries"]?.intValue ?? 0)
             do throws(JobError) {
                 let id = try jobs.startRenter(request)
                 reply(.success(.object(["job_id": .string(id)])))
@@ -750,17 +743,14 @@ extension MeshNode {
         }
         control.register("jobs.show") { [unowned self] params, reply in
             guard let id = params?["id"]?.stringValue else { reply(.failure(.invalidParams("expected {\"id\": JOB-ID, \"log_offset\"?: N}"))); return }
-            do throws(JobError) {
-                let info = try jobs.find(id)
-                let offset = UInt64(max(0, params?["log_offset"]?.intValue ?? 0))
-                let bytes = JobLog.read(jobs.logPath(info.id), from: offset, max: 256 << 10)
-                var object: [String: JSONValue] = ["job": try! JSONValue(encoding: info)]
-                object["log"] = .string(String(decoding: bytes, as: UTF8.self))
-                object["log_next"] = .int(Int(offset) + bytes.count)
-                reply(.success(.object(object)))
-            } catch {
-                reply(.failure(.invalidParams("\(error)")))
-            }
+            let info: JobInfo
+            do throws(JobError) { info = try jobs.find(id) } catch { reply(.failure(.invalidParams("\(error)"))); return }
+            let offset = UInt64(max(0, params?["log_offset"]?.intValue ?? 0))
+            let bytes = JobLog.read(jobs.logPath(info.id), from: offset, max: 256 << 10)
+            reply(Result {
+                JSONValue.object(["job": try JSONValue(encoding: info), "log": .string(String(decoding: bytes, as: UTF8.self)),
+                                  "log_next": .int(Int(offset) + bytes.count)])
+            }.mapError { .serverError("\($0)") })
         }
         control.register("jobs.cancel") { [unowned self] params, reply in
             guard let id = params?["id"]?.stringValue else { reply(.failure(.invalidParams("expected {\"id\": JOB-ID}"))); return }

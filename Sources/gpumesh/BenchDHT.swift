@@ -35,17 +35,20 @@ func percentile<T: Comparable>(_ values: [T], _ q: Double) -> T? {
     return sorted[min(max(rank, 0), sorted.count - 1)]
 }
 
+/// Options for a benchmark node on 127.0.0.1 (free ports, fresh identity) joining through `bootstrap`.
+func loopbackNodeOptions(_ bootstrap: [Contact]) -> MeshNode.Options {
+    var config = NodeConfig()
+    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
+    o.bootstrap = bootstrap
+    return o
+}
+
 /// Starts `nodes` nodes on loopback spread over `loops`, all joining through the first, and
 /// waits until every one has joined and no lookup is still running (at most 300 s).
 func startLoopbackMesh(nodes: Int, on loops: [EventLoop], progress: (String) -> Void) async throws -> [MeshNode] {
-    func options(_ bootstrap: [Contact]) -> MeshNode.Options {
-        var config = NodeConfig()
-        config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
-        config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
-        var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
-        o.bootstrap = bootstrap
-        return o
-    }
+    let options = loopbackNodeOptions
     let started = Date()
     let first = try await MeshNode.start(on: loops[0], options: options([]))
     var all = [first]

@@ -51,12 +51,8 @@ extension GPUMesh {
             let renterLoop = try EventLoop(name: "bench-renter")
             defer { renterLoop.shutdown() }
             func options(_ bootstrap: [Contact]) -> MeshNode.Options {
-                var config = NodeConfig()
-                config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
-                config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
-                config.provider.maxInputMiB = max(inputMib, 1) * 2
-                var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
-                o.bootstrap = bootstrap
+                var o = loopbackNodeOptions(bootstrap)
+                o.config.provider.maxInputMiB = max(inputMib, 1) * 2
                 return o
             }
             let provider = try await MeshNode.start(on: providerLoop, options: options([]))
@@ -126,10 +122,7 @@ extension GPUMesh {
             let dir = scratch + "/start-" + Hex.encode(SecureRandom.bytes(4))
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: dir) }
-            let root = getuid() == 0
-            let policy = SandboxPolicy(workDirectory: dir, timeLimitSeconds: 10)
-            try Sandbox.prepareWorkDirectory(dir, policy: policy, runningAsRoot: root)
-            let argv = Sandbox.arguments(command: ["true"], policy: policy, tools: tools, runningAsRoot: root, otherProcesses: root ? 0 : Sandbox.processCount())
+            let argv = try Sandbox.commandLine(["true"], policy: SandboxPolicy(workDirectory: dir, timeLimitSeconds: 10), tools: tools)
             let done = DispatchSemaphore(value: 0)
             let start = EventLoop.monotonicNanoseconds()
             _ = try JobProcess.start(argv, timeLimitSeconds: 10, onOutput: { _, _ in }, onExit: { _ in done.signal() })
@@ -139,9 +132,9 @@ extension GPUMesh {
 
         /// Writes `mib` MiB of incompressible bytes.
         static func writeInput(_ path: String, mib: Int) throws {
-            guard let handle = FileHandle(forWritingAtPath: path) ?? {
-                FileManager.default.createFile(atPath: path, contents: nil) ? FileHandle(forWritingAtPath: path) : nil
-            }() else { throw CLIError("cannot write \(path)") }
+            guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+                throw CLIError("cannot write \(path)")
+            }
             defer { try? handle.close() }
             var rng = SplitMix64(seed: 1)
             var block = [UInt8](repeating: 0, count: 1 << 20)

@@ -16,9 +16,7 @@ private let asRoot = getuid() == 0
 /// Runs `command` in the sandbox and collects what it printed.
 private func run(_ command: [String], _ policy: SandboxPolicy) async throws -> (exit: JobExit, stdout: String, stderr: String) {
     let tools = try #require(sandboxTools)
-    try Sandbox.prepareWorkDirectory(policy.workDirectory, policy: policy, runningAsRoot: asRoot)
-    let argv = Sandbox.arguments(command: command, policy: policy, tools: tools, runningAsRoot: asRoot,
-                                 otherProcesses: asRoot ? 0 : Sandbox.processCount())
+    let argv = try Sandbox.commandLine(command, policy: policy, tools: tools)
     let out = Box(""), err = Box("")
     let exit: JobExit = try await withCheckedThrowingContinuation { continuation in
         do {
@@ -135,8 +133,7 @@ struct SandboxTests {
         let tools = try #require(sandboxTools)
         let cancelMarker = "4343.\(Int.random(in: 100...999))"
         let policy = SandboxPolicy(workDirectory: dir, timeLimitSeconds: 60)
-        let argv = Sandbox.arguments(command: ["sh", "-c", "sleep \(cancelMarker) & wait"], policy: policy, tools: tools, runningAsRoot: asRoot,
-                                     otherProcesses: asRoot ? 0 : Sandbox.processCount())
+        let argv = try Sandbox.commandLine(["sh", "-c", "sleep \(cancelMarker) & wait"], policy: policy, tools: tools)
         let ended = Box<JobExit?>(nil)
         let job = try JobProcess.start(argv, timeLimitSeconds: 60, onOutput: { _, _ in }, onExit: { e in ended.mutate { $0 = e } })
         for _ in 0..<50 where processes(containing: "sleep \(cancelMarker)") == 0 { try await Task.sleep(for: .milliseconds(100)) }

@@ -111,15 +111,15 @@ public enum Sandbox {
 
     /// The full argument vector (program first) that runs `command` under `policy`.
     /// `runningAsRoot` chooses whether the job drops to `policy.unprivilegedUser`; `otherProcesses`
-    /// is how many processes the job's uid already has (added to the process limit when the job
-    /// keeps the provider's uid).
+    /// is how many processes the job's uid already has (added to the process limit, which the
+    /// kernel counts over the whole uid).
     public static func arguments(command: [String], policy: SandboxPolicy, tools: Tools, runningAsRoot: Bool,
                                  otherProcesses: Int = 0) -> [String] {
         var argv: [String] = []
         if runningAsRoot, let setpriv = tools.setpriv {
             argv += [setpriv, "--reuid=\(policy.unprivilegedUser.uid)", "--regid=\(policy.unprivilegedUser.gid)", "--clear-groups", "--"]
         }
-        let nproc = runningAsRoot ? policy.maxProcesses : policy.maxProcesses + otherProcesses
+        let nproc = policy.maxProcesses + otherProcesses
         argv += [tools.prlimit, "--as=\(policy.memoryBytes)", "--fsize=\(policy.fileSizeBytes)", "--nproc=\(nproc)", "--core=0", "--"]
         argv += [tools.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "gpumesh-job", "--clearenv"]
         var env = policy.environment
@@ -159,11 +159,13 @@ public enum Sandbox {
 
     /// Prepares `policy.workDirectory` for the job's uid and returns the command line that runs
     /// `command` there as this process may: a root provider's job drops to `unprivilegedUser`;
-    /// otherwise the job keeps this uid and its process limit counts the uid's other processes.
+    /// otherwise the job keeps this uid. Either way the kernel's process limit counts every process
+    /// of that uid, so the limit is set to the job's allowance on top of those running now.
     public static func commandLine(_ command: [String], policy: SandboxPolicy, tools: Tools) throws -> [String] {
         let root = getuid() == 0
         try prepareWorkDirectory(policy.workDirectory, policy: policy, runningAsRoot: root)
-        return arguments(command: command, policy: policy, tools: tools, runningAsRoot: root, otherProcesses: root ? 0 : processCount())
+        let uid = root ? policy.unprivilegedUser.uid : getuid()
+        return arguments(command: command, policy: policy, tools: tools, runningAsRoot: root, otherProcesses: processCount(uid: uid))
     }
 
     /// Runs `true` in a sandbox to learn whether the executor works on this host.

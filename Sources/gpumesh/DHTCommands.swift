@@ -24,6 +24,12 @@ func noNodeError(_ dir: DataDirectory) -> CLIError {
 /// Prints a JSON value on one line, keys sorted.
 func printJSONValue(_ value: JSONValue) throws { try printJSON(value) }
 
+/// Decodes a control answer (or part of one) as `T`; a mismatch is a clear error, not a crash.
+func decodeAnswer<T: Decodable>(_ type: T.Type, from value: JSONValue) throws -> T {
+    do { return try JSONDecoder().decode(T.self, from: JSONEncoder().encode(value)) }
+    catch { throw CLIError("the node's answer is malformed: \(error)") }
+}
+
 /// Options naming a DHT key: a name (hashed) or a raw key.
 struct KeyOptions: ParsableArguments {
     @Argument(help: ArgumentHelp("The key's name (hashed to 256 bits), e.g. model/rtx-4090.", valueName: "name")) var name: String?
@@ -58,9 +64,7 @@ extension GPUMesh {
             bootstrapLogging(common.logLevel, default: "warning")
             let result = try await callNode(common.directory, "dht.peers")
             if json { try printJSONValue(result); return }
-            let snapshot: DHTSnapshot
-            do { snapshot = try JSONDecoder().decode(DHTSnapshot.self, from: JSONEncoder().encode(result)) }
-            catch { throw CLIError("the node's answer is malformed: \(error)") }
+            let snapshot = try decodeAnswer(DHTSnapshot.self, from: result)
             let state = snapshot.joined ? "joined" : "not joined yet (\(snapshot.joinAttempts) attempt\(snapshot.joinAttempts == 1 ? "" : "s"), retrying)"
             print("dht       \(state); \(snapshot.bootstrapPeers) bootstrap peer\(snapshot.bootstrapPeers == 1 ? "" : "s")")
             print("peers     \(snapshot.peers.count)")

@@ -22,9 +22,7 @@ extension GPUMesh {
                 bootstrapLogging(common.logLevel, default: "warning")
                 let result = try await callNode(common.directory, "gossip.stats")
                 if json { try printJSONValue(result); return }
-                let snapshot: GossipSnapshot
-                do { snapshot = try JSONDecoder().decode(GossipSnapshot.self, from: JSONEncoder().encode(result)) }
-                catch { throw CLIError("the node's answer is malformed: \(error)") }
+                let snapshot = try decodeAnswer(GossipSnapshot.self, from: result)
                 let s = snapshot.stats
                 print("sample       \(snapshot.sample.count) peers\(snapshot.sample.isEmpty ? "" : ": " + snapshot.sample.map { String($0.prefix(12)) }.joined(separator: " "))")
                 print("inbound      \(snapshot.inbound) peers (\(s.prunesSent) pruned, pruned by \(s.prunesReceived))")
@@ -50,9 +48,7 @@ extension GPUMesh {
                 bootstrapLogging(common.logLevel, default: "warning")
                 let result = try await callNode(common.directory, "gossip.liveness")
                 if json { try printJSONValue(result); return }
-                let peers: [PeerLiveness]
-                do { peers = try JSONDecoder().decode([PeerLiveness].self, from: JSONEncoder().encode(result["peers"] ?? .array([]))) }
-                catch { throw CLIError("the node's answer is malformed: \(error)") }
+                let peers = try decodeAnswer([PeerLiveness].self, from: result["peers"] ?? .array([]))
                 guard !peers.isEmpty else { print("no heartbeats heard yet (providers send one every heartbeat_interval_s)"); return }
                 print("peer          heartbeats  availability  last heard  slots   state")
                 let now = UInt64(Date().timeIntervalSince1970 * 1000)

@@ -26,8 +26,7 @@ func loadJobSpec(_ path: String) throws -> (spec: JobSpec, text: String, directo
 /// Decodes the node's job JSON.
 func decodeJob(_ value: JSONValue?) throws -> JobInfo {
     guard let value else { throw CLIError("the node's answer has no job") }
-    do { return try JSONDecoder().decode(JobInfo.self, from: JSONEncoder().encode(value)) }
-    catch { throw CLIError("the node's answer is malformed: \(error)") }
+    return try decodeAnswer(JobInfo.self, from: value)
 }
 
 func formatBytes(_ n: UInt64) -> String {
@@ -162,9 +161,7 @@ extension GPUMesh {
         func run() async throws {
             bootstrapLogging(common.logLevel, default: "warning")
             let answer = try await callNode(common.directory, "jobs.list")
-            let infos: [JobInfo]
-            do { infos = try JSONDecoder().decode([JobInfo].self, from: JSONEncoder().encode(answer)) }
-            catch { throw CLIError("the node's answer is malformed: \(error)") }
+            let infos = try decodeAnswer([JobInfo].self, from: answer)
             let shown = Array(infos.prefix(max(0, limit)))
             if json { try printJSON(shown); return }
             guard !shown.isEmpty else { print("no jobs yet"); return }

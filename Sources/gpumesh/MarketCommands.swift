@@ -209,9 +209,7 @@ extension GPUMesh {
             }
             let answer = try await callNode(common.directory, "market.find", params: params, timeout: .seconds(60))
             if json { try printJSONValue(answer); return }
-            let result: FindResultJSON
-            do { result = try JSONDecoder().decode(FindResultJSON.self, from: JSONEncoder().encode(answer)) }
-            catch { throw CLIError("the node's answer is malformed: \(error)") }
+            let result = try decodeAnswer(FindResultJSON.self, from: answer)
             let refused = result.refused.values.reduce(0, +)
             let read = "read \(result.plan.joined(separator: ",")) (\(result.shardsRead) shards, \(result.recordsFetched) record\(result.recordsFetched == 1 ? "" : "s")"
                 + "\(refused > 0 ? ", \(refused) refused" : "")\(result.shardsFailed > 0 ? ", \(result.shardsFailed) shards unreachable" : "")) in \(String(format: "%.0f", result.latencyMilliseconds)) ms"

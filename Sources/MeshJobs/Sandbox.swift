@@ -206,12 +206,13 @@ public enum Sandbox {
 
     /// How many processes `uid` has now (from /proc).
     public static func processCount(uid: uid_t = getuid()) -> Int {
+        // A /proc/PID directory is owned by the process's uid: one stat per process instead of
+        // reading and parsing its status file (this runs before every job).
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         var n = 0
+        var st = stat()
         for e in entries where e.first?.isNumber == true {
-            guard let status = try? String(contentsOfFile: "/proc/\(e)/status", encoding: .utf8),
-                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { continue }
-            if line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().first == Substring(String(uid)) { n += 1 }
+            if stat("/proc/" + e, &st) == 0, st.st_uid == uid { n += 1 }
         }
         return n
     }

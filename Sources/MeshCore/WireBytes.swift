@@ -102,6 +102,12 @@ public struct WireReader: Sendable {
         defer { offset += count }
         return Array(bytes[offset..<offset + count])
     }
+    /// Exactly `count` bytes, sharing the input's storage (no copy: for large payloads).
+    public mutating func slice(_ count: Int) -> ArraySlice<UInt8>? {
+        guard count >= 0, remaining >= count else { return nil }
+        defer { offset += count }
+        return bytes[offset..<offset + count]
+    }
     /// A 16-bit length, then that many bytes, refused above `max`.
     public mutating func blob16(max: Int) -> [UInt8]? {
         let start = offset

@@ -68,6 +68,23 @@ public struct AEAD: Sendable {
         }
     }
 
+    /// Decrypts and authenticates `buffer` (ciphertext and tag) in place (libsodium allows the
+    /// plaintext to overwrite the ciphertext); returns the plaintext's length, at the buffer's start.
+    public func openInPlace(_ buffer: UnsafeMutableRawBufferPointer, ad: UnsafeRawBufferPointer, nonce: UnsafeRawBufferPointer,
+                            key: SecretBytes) throws(CryptoError) -> Int {
+        precondition(nonce.count == nonceByteCount && key.count == Self.keyByteCount)
+        Sodium.ensureInitialised()
+        guard buffer.count >= Self.tagByteCount else { throw CryptoError("ciphertext shorter than its tag") }
+        var mlen: UInt64 = 0
+        let p = buffer.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let status = key.withUnsafeBytes { k in
+            decrypt(p, &mlen, nil, p, UInt64(buffer.count), ad.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(ad.count),
+                    nonce.baseAddress!.assumingMemoryBound(to: UInt8.self), k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        guard status == 0 else { throw CryptoError("authentication failed") }
+        return Int(mlen)
+    }
+
     /// Decrypts and authenticates; appends the plaintext to `out`, or throws and appends nothing.
     public func open(_ ciphertext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, nonce: UnsafeRawBufferPointer,
                      key: SecretBytes, appendingTo out: inout [UInt8]) throws(CryptoError) {

@@ -191,15 +191,16 @@ extension Noise {
             nonce += 1
         }
 
-        /// Decrypts a transport message (no associated data), appending the plaintext to `out`;
-        /// the nonce advances only on success. Requires a key.
-        public func decrypt(_ ciphertext: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(Failure) {
+        /// Decrypts a transport message (empty associated data) in place; returns the plaintext's
+        /// length, at the buffer's start. The nonce advances only on success.
+        public func decryptInPlace(_ buffer: UnsafeMutableRawBufferPointer) throws(Failure) -> Int {
             guard let key else { throw .missingKey("transport key") }
             guard nonce != UInt64.max else { throw .nonceExhausted }
             let n = Self.nonceBytes(nonce)
-            let opened = n.withUnsafeBytes { (try? AEAD.chaChaPoly.open(ciphertext, ad: UnsafeRawBufferPointer(start: nil, count: 0), nonce: $0, key: key, appendingTo: &out)) != nil }
-            guard opened else { throw .decryptFailed }
+            let count = n.withUnsafeBytes { try? AEAD.chaChaPoly.openInPlace(buffer, ad: UnsafeRawBufferPointer(start: nil, count: 0), nonce: $0, key: key) }
+            guard let count else { throw .decryptFailed }
             nonce += 1
+            return count
         }
 
         /// Encrypts (or, without a key, passes through) `plaintext` with associated data `ad`.

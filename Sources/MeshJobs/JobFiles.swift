@@ -116,7 +116,7 @@ public enum JobFiles {
         public func path(_ index: Int) -> String { directory + "/" + names[index] }
 
         /// Writes `data` at `offset` into file `index` (creating it, and its directories, first).
-        public func write(file index: Int, offset: UInt64, data: [UInt8]) throws(Failure) {
+        public func write(file index: Int, offset: UInt64, data: some Foundation.ContiguousBytes) throws(Failure) {
             if open?.index != index {
                 closeCurrent()
                 let p = path(index)
@@ -127,18 +127,23 @@ public enum JobFiles {
                 guard fd >= 0 else { throw .errno("cannot create", p) }
                 open = (index, fd)
             }
-            var done = 0
-            while done < data.count {
-                let n = data.withUnsafeBytes { pwrite(open!.fd, $0.baseAddress! + done, $0.count - done, off_t(offset) + off_t(done)) }
-                if n < 0 && Glibc.errno == EINTR { continue }
-                guard n > 0 else { throw .errno("cannot write", path(index)) }
-                done += n
+            let fd = open!.fd
+            let failed = data.withUnsafeBytes { buffer in
+                var done = 0
+                while done < buffer.count {
+                    let n = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+                    if n < 0 && Glibc.errno == EINTR { continue }
+                    guard n > 0 else { return true }
+                    done += n
+                }
+                return false
             }
+            if failed { throw .errno("cannot write", path(index)) }
         }
 
         /// Creates the empty files of the manifest that no chunk will touch.
         public func touch(file index: Int) throws(Failure) {
-            try write(file: index, offset: 0, data: [])
+            try write(file: index, offset: 0, data: [UInt8]())
         }
 
         /// Closes the open file, first flushing it to disk if `sync` (results worth keeping
@@ -172,16 +177,22 @@ public enum JobFiles {
         /// Up to `count` bytes from `offset`.
         public func read(at offset: UInt64, count: Int) throws(Failure) -> [UInt8] {
             var out = [UInt8](repeating: 0, count: count)
+            let done = out.withUnsafeMutableBytes { buffer in Result { () throws(Failure) in try read(at: offset, into: buffer) } }
+            out.removeLast(count - (try done.get()))
+            return out
+        }
+
+        /// Fills `buffer` from `offset` (fewer bytes only at the end of the file); returns how many.
+        public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Failure) -> Int {
             var done = 0
-            while done < count {
-                let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+            while done < buffer.count {
+                let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
                 if n < 0 && Glibc.errno == EINTR { continue }
                 guard n >= 0 else { throw .errno("cannot read", path) }
                 if n == 0 { break }
                 done += n
             }
-            out.removeLast(count - done)
-            return out
+            return done
         }
 
         deinit { close(fd) }

@@ -357,7 +357,7 @@ public enum Negotiation {
         /// 4, renter: `job_id (16) | quote_digest (32) | signature (64)` over `"gpumesh/accept/v1" | quote_digest`.
         case accept(jobID: [UInt8], quoteDigest: [UInt8], signature: [UInt8])
         /// 5, renter (inputs) or provider (outputs): `file (2) | offset (8) | hash (16) | data (u32 length + bytes)`.
-        case chunk(file: UInt16, offset: UInt64, hash: [UInt8], data: [UInt8])
+        case chunk(file: UInt16, offset: UInt64, hash: [UInt8], data: ArraySlice<UInt8>)
         /// 6, provider: the job started: `started_ms (8)`.
         case started(at: UInt64)
         /// 7, provider: output: `stream (1: stdout, 2: stderr) | data (u32 length + bytes)`.
@@ -404,6 +404,32 @@ public enum Negotiation {
             return w.bytes
         }
 
+        /// The wire form of `.chunk(file:offset:hash:data:)` built in one buffer: `fill` writes the
+        /// `count` data bytes straight into it (read from a file, say) and says how many it wrote;
+        /// `hash` is the chunk hash, or nil to compute it from the bytes written. Returns nil if
+        /// `fill` wrote fewer than `count`.
+        public static func encodedChunk<E: Error>(file: UInt16, offset: UInt64, hash: [UInt8]?, count: Int,
+                                                  fill: (UnsafeMutableRawBufferPointer) throws(E) -> Int) throws(E) -> [UInt8]? {
+            let header = 1 + 2 + 8 + FileHash.chunkHashBytes + 4
+            var failure: E?
+            var written = 0
+            // Filled in place: the data bytes go straight from `fill` into the message, then the
+            // header (with the hash, computed from them if not given) goes in front.
+            let out = [UInt8](unsafeUninitializedCapacity: header + count) { buffer, initialized in
+                let raw = UnsafeMutableRawBufferPointer(buffer)
+                let data = UnsafeMutableRawBufferPointer(rebasing: raw[header...])
+                do throws(E) { written = try fill(data) } catch { failure = error }
+                var w = WireWriter(capacity: header)
+                w.u8(5); w.u16(file); w.u64(offset)
+                w.raw(failure == nil && written == count ? hash ?? chunkHash(UnsafeRawBufferPointer(data)) : [UInt8](repeating: 0, count: FileHash.chunkHashBytes))
+                w.u32(UInt32(count))
+                _ = w.bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: raw[..<header]).initializeMemory(as: UInt8.self, from: $0.bindMemory(to: UInt8.self)) }
+                initialized = header + count  // bytes: a short fill leaves junk, and the result is dropped
+            }
+            if let failure { throw failure }
+            return written == count ? out : nil
+        }
+
         /// Parses untrusted bytes; nil if malformed.
         public init?(decoding bytes: [UInt8]) {
             var r = WireReader(bytes)
@@ -428,7 +454,9 @@ public enum Negotiation {
                 guard let id = r.raw(jobIDBytes), let digest = r.raw(32), let sig = r.raw(64) else { return nil }
                 self = .accept(jobID: id, quoteDigest: digest, signature: sig)
             case 5:
-                guard let file = r.u16(), let offset = r.u64(), let hash = r.raw(16), let data = blob32(max: maxChunkBytes) else { return nil }
+                // The data shares the message's buffer: a chunk is not copied again on its way to disk.
+                guard let file = r.u16(), let offset = r.u64(), let hash = r.raw(16), let n = r.u32(), Int(n) <= maxChunkBytes,
+                      let data = r.slice(Int(n)) else { return nil }
                 self = .chunk(file: file, offset: offset, hash: hash, data: data)
             case 6:
                 guard let at = r.u64() else { return nil }

@@ -56,8 +56,10 @@ extension Negotiation {
         /// Call `onTimeout(token:)` after this many milliseconds (a later timer replaces it; a
         /// session lists it before any directive the shell may complete at once).
         case timer(milliseconds: UInt64, token: UInt64)
-        /// Provider: write verified input bytes (input `file` of the request's manifest).
-        case writeInput(file: Int, offset: UInt64, data: [UInt8])
+        /// Provider: check that `data` hashes to `hash` (`chunkHash`) and, if it does, write it at
+        /// `offset` into input `file` of the request's manifest; then call `onChunkStored(matches:now:)`.
+        /// The shell may do this off the loop, but must report chunks in the order it got them.
+        case writeInput(file: Int, offset: UInt64, data: ArraySlice<UInt8>, hash: [UInt8])
         /// Provider: every input arrived and verified; start the job, then call `onStarted` or `onStartFailed`.
         case run
         /// Provider: kill the job's process.
@@ -72,8 +74,8 @@ extension Negotiation {
         case log(stream: UInt8, data: [UInt8])
         /// Renter: the job finished on the provider; outputs follow.
         case finished(Finish)
-        /// Renter: write verified output bytes (output `file` of the finish manifest).
-        case writeOutput(file: Int, offset: UInt64, data: [UInt8])
+        /// Renter: as `writeInput`, for output `file` of the finish manifest.
+        case writeOutput(file: Int, offset: UInt64, data: ArraySlice<UInt8>, hash: [UInt8])
         /// Renter: every output arrived and verified; move them into place.
         case outputsVerified
         /// Keep this receipt (both signatures verified).
@@ -83,13 +85,21 @@ extension Negotiation {
     }
 
     /// Receives a manifest's files as ordered chunks of `chunkBytes` (a file's last may be
-    /// shorter) and checks each chunk's hash, the offsets, the sizes and each whole file's hash,
-    /// which is built from the chunk hashes (so every byte is hashed once).
+    /// shorter), in two steps: `admit` checks each chunk's place and size as it arrives; `stored`
+    /// takes the shell's word, in arrival order, on whether the chunk's bytes match its hash, and
+    /// checks each whole file's hash, which is built from the chunk hashes (so every byte is hashed
+    /// once, and the hashing can happen off the loop).
     struct Receiver {
         let files: [FileEntry]
+        /// Where the next chunk must start.
         private(set) var file = 0
         private(set) var offset: UInt64 = 0
+        /// Chunks admitted and not yet stored: file, size, claimed hash.
+        private var pending: [(file: Int, size: UInt64, hash: [UInt8])] = []
+        private var pendingHead = 0
+        private var checkedOffset: UInt64 = 0
         private var builder: FileHash.Builder?
+        /// Bytes stored and matched so far.
         private(set) var bytes: UInt64 = 0
 
         init(_ files: [FileEntry]) {
@@ -97,32 +107,54 @@ extension Negotiation {
             skipEmpty()
         }
 
-        var isComplete: Bool { file >= files.count }
+        /// True once the last chunk arrived (some may still be waiting for `stored`).
+        var allArrived: Bool { file >= files.count }
+        /// True once every chunk arrived and was stored and matched.
+        var isComplete: Bool { allArrived && pendingHead == pending.count }
 
         /// False if an empty file claims a hash other than that of no bytes (it could never complete).
         static func isConsistent(_ files: [FileEntry]) -> Bool { files.allSatisfy { $0.size > 0 || $0.hash == Negotiation.emptyHash } }
 
-        /// Accepts one chunk, or says what is wrong with it.
-        mutating func take(file f: UInt16, offset o: UInt64, hash: [UInt8], data: [UInt8]) -> Result<Int, Failure> {
-            guard !isComplete else { return .failure(Failure(.protocolError, "a chunk after the last file")) }
+        /// Admits one arriving chunk of `count` bytes claiming `hash`, or says what is wrong with
+        /// its place or size; returns the file it belongs to.
+        mutating func admit(file f: UInt16, offset o: UInt64, hash: [UInt8], count: Int) -> Result<Int, Failure> {
+            guard !allArrived else { return .failure(Failure(.protocolError, "a chunk after the last file")) }
             guard Int(f) == file, o == offset else { return .failure(Failure(.protocolError, "chunk for file \(f) at \(o); expected file \(file) at \(offset)")) }
             let expected = Int(min(UInt64(chunkBytes), files[file].size - offset))
-            guard data.count == expected else { return .failure(Failure(.protocolError, "a chunk of \(files[file].name) has \(data.count) bytes, not \(expected)")) }
-            guard Negotiation.chunkHash(data) == hash else { return .failure(Failure(.protocolError, "a chunk of \(files[file].name) does not match its hash")) }
-            if builder == nil { builder = FileHash.Builder(size: files[file].size) }
-            builder!.add(hash)
+            guard count == expected else { return .failure(Failure(.protocolError, "a chunk of \(files[file].name) has \(count) bytes, not \(expected)")) }
             let index = file
-            offset += UInt64(data.count)
-            bytes += UInt64(data.count)
+            pending.append((index, UInt64(count), hash))
+            offset += UInt64(count)
             if offset == files[file].size {
-                let digest = builder!.finalize()
-                builder = nil
-                guard digest == files[file].hash else { return .failure(Failure(.protocolError, "\(files[file].name) does not match its hash")) }
                 file += 1
                 offset = 0
                 skipEmpty()
             }
             return .success(index)
+        }
+
+        /// The oldest admitted chunk was checked against its hash (and stored if it matched).
+        mutating func stored(matches: Bool) -> Result<Void, Failure> {
+            guard pendingHead < pending.count else { return .failure(Failure(.protocolError, "a chunk stored that never arrived")) }
+            let chunk = pending[pendingHead]
+            pendingHead += 1
+            if pendingHead == pending.count {
+                pending.removeAll(keepingCapacity: true)
+                pendingHead = 0
+            }
+            let entry = files[chunk.file]
+            guard matches else { return .failure(Failure(.protocolError, "a chunk of \(entry.name) does not match its hash")) }
+            if builder == nil { builder = FileHash.Builder(size: entry.size) }
+            builder!.add(chunk.hash)
+            checkedOffset += chunk.size
+            bytes += chunk.size
+            if checkedOffset == entry.size {
+                let digest = builder!.finalize()
+                builder = nil
+                checkedOffset = 0
+                guard digest == entry.hash else { return .failure(Failure(.protocolError, "\(entry.name) does not match its hash")) }
+            }
+            return .success(())
         }
 
         private mutating func skipEmpty() {
@@ -243,17 +275,11 @@ extension Negotiation {
                 state = .receivingInputs
                 return [watch.arm(timeouts.idle, now: now, idle: true)]
             case (.receivingInputs, .chunk(let f, let offset, let hash, let data)):
-                switch receiver!.take(file: f, offset: offset, hash: hash, data: data) {
+                switch receiver!.admit(file: f, offset: offset, hash: hash, count: data.count) {
                 case .failure(let failure): return violation(failure.note)
                 case .success(let index):
                     watch.progress(now)
-                    var out: [Directive] = [.writeInput(file: index, offset: offset, data: data)]
-                    if receiver!.isComplete {
-                        state = .starting
-                        watch.disarm()
-                        out.append(.run)
-                    }
-                    return out
+                    return [.writeInput(file: index, offset: offset, data: data, hash: hash)]
                 }
             case (.awaitingCountersign, .countersign(let signature)):
                 return countersigned(signature)
@@ -284,6 +310,17 @@ extension Negotiation {
             quote = q
             state = .quoted
             return [.send(.quote(q)), watch.arm(timeouts.quoteValidity, now: now)]
+        }
+
+        /// The shell checked the oldest unreported input chunk against its hash: `matches` (and
+        /// then stored it) or not.
+        public mutating func onChunkStored(matches: Bool, now: UInt64) -> [Directive] {
+            guard state == .receivingInputs, receiver != nil else { return [] }
+            if case .failure(let failure) = receiver!.stored(matches: matches) { return violation(failure.note) }
+            guard receiver!.isComplete else { return [] }
+            state = .starting
+            watch.disarm()
+            return [.run]
         }
 
         /// The job's process started.
@@ -455,7 +492,7 @@ extension Negotiation {
         public private(set) var finish: Finish?
         /// The receipt, once countersigned.
         public private(set) var receipt: Receipt?
-        /// Output bytes received so far.
+        /// Output bytes received (and checked) so far.
         public var outputBytesReceived: UInt64 { receiver?.bytes ?? 0 }
 
         private let identity: SigningKey
@@ -464,6 +501,7 @@ extension Negotiation {
         private let maxOutputBytes: UInt64
         private var watch = Watch()
         private var receiver: Receiver?
+        private var heldReceipt: (body: [UInt8], signature: [UInt8])?
 
         /// A session for `spec` with `provider`; outputs over `maxOutputBytes` in total are refused.
         public init(identity: SigningKey, provider: PublicKey, jobID: [UInt8], spec: JobSpec, inputs: [FileEntry], maxOutputBytes: UInt64,
@@ -520,22 +558,36 @@ extension Negotiation {
                 state = .receivingOutputs
                 return [.finished(f), watch.arm(timeouts.idle, now: now, idle: true)]
             case (.receivingOutputs, .chunk(let file, let offset, let hash, let data)):
-                switch receiver!.take(file: file, offset: offset, hash: hash, data: data) {
+                switch receiver!.admit(file: file, offset: offset, hash: hash, count: data.count) {
                 case .failure(let failure): return violation(failure.note)
                 case .success(let index):
                     watch.progress(now)
-                    var out: [Directive] = [.writeOutput(file: index, offset: offset, data: data)]
-                    if receiver!.isComplete {
-                        state = .awaitingReceipt
-                        out += [.outputsVerified, watch.arm(timeouts.receipt, now: now)]
-                    }
-                    return out
+                    return [.writeOutput(file: index, offset: offset, data: data, hash: hash)]
                 }
+            case (.receivingOutputs, .receipt(let body, let signature)) where receiver!.allArrived && heldReceipt == nil:
+                // The last chunks may still be being checked; the receipt waits for them.
+                heldReceipt = (body, signature)
+                return []
             case (.awaitingReceipt, .receipt(let body, let signature)):
                 return receipted(body, signature)
             default:
                 return violation("unexpected \(ProviderSession.name(message)) while \(state.rawValue)")
             }
+        }
+
+        /// The shell checked the oldest unreported output chunk against its hash: `matches` (and
+        /// then stored it) or not.
+        public mutating func onChunkStored(matches: Bool, now: UInt64) -> [Directive] {
+            guard state == .receivingOutputs, receiver != nil else { return [] }
+            if case .failure(let failure) = receiver!.stored(matches: matches) { return violation(failure.note) }
+            guard receiver!.isComplete else { return [] }
+            state = .awaitingReceipt
+            var out: [Directive] = [.outputsVerified, watch.arm(timeouts.receipt, now: now)]
+            if let (body, signature) = heldReceipt {
+                heldReceipt = nil
+                out += receipted(body, signature)
+            }
+            return out
         }
 
         private mutating func quoted(_ q: Quote, now: UInt64) -> [Directive] {

@@ -152,13 +152,17 @@ final class ChunkSender {
             do throws(JobFiles.Failure) {
                 if reader == nil { reader = try JobFiles.Reader(path: files[file].path, followLinks: followLinks) }
                 let want = Int(min(UInt64(Negotiation.chunkBytes), files[file].size - offset))
-                let data = try reader!.read(at: offset, count: want)
-                guard data.count == want else { throw JobFiles.Failure("\(files[file].path) changed size while being sent") }
                 let index = Int(offset / UInt64(Negotiation.chunkBytes))
                 let known = files[file].chunks.flatMap { index < $0.count ? $0[index] : nil }
-                channel.send(Negotiation.Message.chunk(file: UInt16(file), offset: offset, hash: known ?? Negotiation.chunkHash(data), data: data).encoded)
-                offset += UInt64(data.count)
-                progress(data.count)
+                let reader = reader!
+                let at = offset
+                // Read straight into the message: no zeroed buffer, no second copy.
+                guard let message = try Negotiation.Message.encodedChunk(file: UInt16(file), offset: offset, hash: known, count: want,
+                                                                          fill: { (buffer) throws(JobFiles.Failure) in try reader.read(at: at, into: buffer) })
+                else { throw JobFiles.Failure("\(files[file].path) changed size while being sent") }
+                channel.send(message)
+                offset += UInt64(want)
+                progress(want)
             } catch {
                 finished = true
                 done(.failure(error))

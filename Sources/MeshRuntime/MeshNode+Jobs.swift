@@ -23,6 +23,8 @@ final class JobsService: @unchecked Sendable {
     private var renting: [String: RenterJob] = [:]
     private var historyHandle: FileHandle?
     private var stopped = false
+    /// Where received chunks are checked and written, and job files removed: off the loop, in order.
+    let io = DispatchQueue(label: "gpumesh.jobs.io")
 
     init(node: MeshNode) throws {
         self.node = node
@@ -108,7 +110,8 @@ final class JobsService: @unchecked Sendable {
         let channel: SecureChannel
         var id: String?
         var workDir: String?
-        var writer: JobFiles.Writer?
+        var store: ChunkStore?
+        var readingPaused = false
         var process: JobProcess?
         var cleanup: [String]?
         var timer: LoopTimer?
@@ -184,13 +187,31 @@ final class JobsService: @unchecked Sendable {
                     guard let job else { return }
                     driveProvider(job, job.session.onTimeout(token: token, now: now))
                 }
-            case .writeInput(let file, let offset, let data):
-                do throws(JobFiles.Failure) {
-                    try prepareWork(job).write(file: file, offset: offset, data: data)
-                    if let id = job.id { update(id) { $0.state = "receiving-inputs"; $0.inputBytesDone = job.session.inputBytesReceived } }
-                } catch {
+            case .writeInput(let file, let offset, let data, let hash):
+                let store: ChunkStore
+                do throws(JobFiles.Failure) { store = try prepareWork(job) } catch {
                     driveProvider(job, job.session.fail("cannot store input: \(error)"))
                     return
+                }
+                let count = UInt64(data.count)
+                store.submit(file: file, offset: offset, data: data, hash: hash) { [unowned self, weak job] result in
+                    guard let job else { return }
+                    if job.readingPaused, store.queuedBytes < ChunkStore.lowWater {
+                        job.readingPaused = false
+                        job.channel.resumeReading()
+                    }
+                    switch result {
+                    case .success(let matches):
+                        // Recorded before the session may start the job (and the record says "running").
+                        if let id = job.id, matches { update(id) { $0.state = "receiving-inputs"; $0.inputBytesDone += count } }
+                        driveProvider(job, job.session.onChunkStored(matches: matches, now: now))
+                    case .failure(let e):
+                        driveProvider(job, job.session.fail("cannot store input: \(e)"))
+                    }
+                }
+                if !job.readingPaused, store.queuedBytes > ChunkStore.highWater {
+                    job.readingPaused = true
+                    job.channel.pauseReading()
                 }
             case .run:
                 run(job)
@@ -222,14 +243,14 @@ final class JobsService: @unchecked Sendable {
         }
     }
 
-    private func prepareWork(_ job: ProviderJob) throws(JobFiles.Failure) -> JobFiles.Writer {
-        if let w = job.writer { return w }
+    private func prepareWork(_ job: ProviderJob) throws(JobFiles.Failure) -> ChunkStore {
+        if let w = job.store { return w }
         let dir = workRoot + "/" + (job.id ?? "job") + "-" + Hex.encode(SecureRandom.bytes(4))
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         catch { throw JobFiles.Failure("cannot create \(dir): \(error.localizedDescription)") }
         job.workDir = dir
-        let w = JobFiles.Writer(directory: dir, names: job.session.inputs.map(\.name))
-        job.writer = w
+        let w = ChunkStore(loop: node.loop, queue: io, directory: dir, names: job.session.inputs.map(\.name))
+        job.store = w
         return w
     }
 
@@ -237,9 +258,8 @@ final class JobsService: @unchecked Sendable {
         guard let spec = job.session.spec else { return }
         let argv: [String]
         do {
-            let writer = try prepareWork(job)
-            for (i, f) in job.session.inputs.enumerated() where f.size == 0 { try writer.touch(file: i) }
-            try writer.finish(sync: false)
+            let store = try prepareWork(job)
+            try store.finish(creating: job.session.inputs.indices.filter { job.session.inputs[$0].size == 0 }, sync: false)
             argv = try executorArguments(job, spec, workDir: job.workDir!)
         } catch {
             driveProvider(job, job.session.onStartFailed("\(error)"))
@@ -320,7 +340,8 @@ final class JobsService: @unchecked Sendable {
         job.closed = true
         job.timer?.cancel()
         job.sender?.stop()
-        job.writer = nil
+        job.store?.discard(removing: nil)
+        job.store = nil
         job.channel.close()
         if let id = job.id {
             update(id) { info in
@@ -345,7 +366,8 @@ final class JobsService: @unchecked Sendable {
     }
 
     private func removeWork(_ job: ProviderJob) {
-        if let dir = job.workDir { try? FileManager.default.removeItem(atPath: dir) }
+        // On the I/O queue: after any chunk still being written there, and off the loop.
+        if let dir = job.workDir { io.async { try? FileManager.default.removeItem(atPath: dir) } }
         job.workDir = nil
         providing[ObjectIdentifier(job)] = nil
     }
@@ -398,7 +420,8 @@ final class JobsService: @unchecked Sendable {
         var next = 0
         var session: Negotiation.RenterSession?
         var channel: SecureChannel?
-        var writer: JobFiles.Writer?
+        var store: ChunkStore?
+        var readingPaused = false
         var sender: ChunkSender?
         var timer: LoopTimer?
         let log: JobLog
@@ -567,8 +590,7 @@ final class JobsService: @unchecked Sendable {
                 job.log.append(data)
                 update(job.hex) { $0.logBytes = job.log.bytes }
             case .finished(let f):
-                try? FileManager.default.removeItem(atPath: job.partialDirectory)
-                job.writer = JobFiles.Writer(directory: job.partialDirectory, names: f.outputs.map(\.name))
+                job.store = ChunkStore(loop: node.loop, queue: io, directory: job.partialDirectory, names: f.outputs.map(\.name), fresh: true)
                 update(job.hex) { info in
                     info.state = "receiving-outputs"
                     info.exitStatus = f.signaled ? -f.exitStatus : f.exitStatus
@@ -578,13 +600,26 @@ final class JobsService: @unchecked Sendable {
                     info.outputBytesDone = 0
                     if !f.note.isEmpty { info.failure = f.note }
                 }
-            case .writeOutput(let file, let offset, let data):
-                do throws(JobFiles.Failure) {
-                    try job.writer?.write(file: file, offset: offset, data: data)
-                    update(job.hex) { $0.outputBytesDone += UInt64(data.count) }
-                } catch {
-                    driveRenter(job, job.session!.fail("cannot store output: \(error)"))
-                    return
+            case .writeOutput(let file, let offset, let data, let hash):
+                guard let store = job.store else { continue }
+                let count = UInt64(data.count)
+                store.submit(file: file, offset: offset, data: data, hash: hash) { [unowned self, weak job] result in
+                    guard let job, job.session != nil else { return }
+                    if job.readingPaused, store.queuedBytes < ChunkStore.lowWater {
+                        job.readingPaused = false
+                        job.channel?.resumeReading()
+                    }
+                    switch result {
+                    case .success(let matches):
+                        if matches { update(job.hex) { $0.outputBytesDone += count } }
+                        driveRenter(job, job.session!.onChunkStored(matches: matches, now: now))
+                    case .failure(let e):
+                        driveRenter(job, job.session!.fail("cannot store output: \(e)"))
+                    }
+                }
+                if !job.readingPaused, store.queuedBytes > ChunkStore.highWater {
+                    job.readingPaused = true
+                    channel.pauseReading()
                 }
             case .outputsVerified:
                 do {
@@ -598,7 +633,6 @@ final class JobsService: @unchecked Sendable {
             case .close(let outcome):
                 job.timer?.cancel()
                 job.sender?.stop()
-                job.writer = nil
                 job.channel = nil
                 channel.close()
                 switch outcome {
@@ -606,7 +640,9 @@ final class JobsService: @unchecked Sendable {
                     update(job.hex) { $0.receipt = Hex.encode(r.id); $0.charge = Self.points(r.charge) }
                     finishRenter(job, state: "completed", failure: nil)
                 case .failed(let f):
-                    try? FileManager.default.removeItem(atPath: job.partialDirectory)
+                    job.store?.discard(removing: job.partialDirectory)
+                    job.store = nil
+                    job.readingPaused = false
                     job.lastFailure = "\(f.reason): \(f.note)"
                     job.session = nil
                     if f.reason == .cancelled && !f.byPeer { job.cancelled = true }
@@ -626,8 +662,8 @@ final class JobsService: @unchecked Sendable {
     /// Moves verified outputs from the partial directory into the output directory.
     private func placeOutputs(_ job: RenterJob) throws {
         guard let finish = job.session?.finish else { return }
-        try job.writer?.finish()
-        job.writer = nil
+        try job.store?.finish(creating: [], sync: true)
+        job.store = nil
         let fm = FileManager.default
         try fm.createDirectory(atPath: job.outputDirectory, withIntermediateDirectories: true)
         for f in finish.outputs {

@@ -306,7 +306,9 @@ public final class SecureChannel: @unchecked Sendable {
     private func received(_ bytes: UnsafeRawBufferPointer) {
         if inbound.count == inboundStart {
             // Nothing pending: open whole frames straight from the read buffer, keep the tail.
-            let used = consumeFrames(bytes)
+            // The bytes are the loop's read buffer, which is this read's to use: frames are
+            // decrypted in place there.
+            let used = consumeFrames(UnsafeMutableRawBufferPointer(mutating: bytes))
             if !finished && used < bytes.count {
                 inbound.removeAll(keepingCapacity: true)
                 inboundStart = 0
@@ -315,7 +317,7 @@ public final class SecureChannel: @unchecked Sendable {
             return
         }
         inbound.append(contentsOf: bytes)
-        let used = inbound.withUnsafeBytes { consumeFrames(UnsafeRawBufferPointer(rebasing: $0[inboundStart...])) }
+        let used = inbound.withUnsafeMutableBytes { consumeFrames(UnsafeMutableRawBufferPointer(rebasing: $0[inboundStart...])) }
         inboundStart += used
         if inboundStart > 0 && (inboundStart == inbound.count || inboundStart > 1 << 16) {
             inbound.removeFirst(inboundStart)
@@ -324,7 +326,7 @@ public final class SecureChannel: @unchecked Sendable {
     }
 
     /// Handles every complete frame at the start of `bytes`; returns how many bytes they used.
-    private func consumeFrames(_ bytes: UnsafeRawBufferPointer) -> Int {
+    private func consumeFrames(_ bytes: UnsafeMutableRawBufferPointer) -> Int {
         var offset = 0
         while !finished {
             let available = bytes.count - offset
@@ -332,7 +334,7 @@ public final class SecureChannel: @unchecked Sendable {
             let length = Int(bytes[offset]) << 8 | Int(bytes[offset + 1])
             guard length > 0 else { fail(.protocolViolation("empty frame")); break }
             guard available >= 2 + length else { break }
-            let frame = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + 2 + length])
+            let frame = UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + 2 + length])
             offset += 2 + length
             if transport != nil {
                 receivedTransportFrame(frame)
@@ -345,7 +347,7 @@ public final class SecureChannel: @unchecked Sendable {
 
     /// A transport frame: length (2) | a standard Noise transport message (empty associated
     /// data) whose plaintext is the data followed by one type byte.
-    private func receivedTransportFrame(_ frame: UnsafeRawBufferPointer) {
+    private func receivedTransportFrame(_ frame: UnsafeMutableRawBufferPointer) {
         guard let transport else { return }
         guard frame.count >= 2 + 1 + AEAD.tagByteCount else { fail(.protocolViolation("transport frame too short")); return }
         let before = partial.count
@@ -353,25 +355,38 @@ public final class SecureChannel: @unchecked Sendable {
             fail(.messageTooLarge(before + frame.count - 2 - 1 - AEAD.tagByteCount))
             return
         }
+        // Decrypted where it lies, then copied once into the message (no zero-filled buffer first).
+        let body = UnsafeMutableRawBufferPointer(rebasing: frame[2...])
+        let plainCount: Int
         do {
-            try transport.receive.decrypt(UnsafeRawBufferPointer(rebasing: frame[2...]), appendingTo: &partial)
+            plainCount = try transport.receive.decryptInPlace(body)
         } catch {
             fail(.frameAuthenticationFailed)
             return
         }
         framesReceived += 1
         if framesReceived % settings.rekeyInterval == 0 { transport.receive.rekey() }
-        guard let type = FrameType(rawValue: partial.removeLast()) else { fail(.protocolViolation("unknown frame type")); return }
+        let data = UnsafeRawBufferPointer(rebasing: body[..<(plainCount - 1)])
+        guard let type = FrameType(rawValue: body[plainCount - 1]) else { fail(.protocolViolation("unknown frame type")); return }
         switch type {
         case .close:
-            guard partial.count == before else { fail(.protocolViolation("close frame with data")); return }
+            guard data.isEmpty else { fail(.protocolViolation("close frame with data")); return }
             finish(nil)
             connection.closeGracefully()
         case .fragment:
-            break
+            // A message of several frames: room for eight at once, so a 256 KiB message is not
+            // copied through four growing buffers.
+            if before == 0 { partial.reserveCapacity(min(settings.maxMessageBytes, 8 * Noise.maxMessageLength)) }
+            partial.append(contentsOf: data)
         case .final:
-            let message = partial
-            partial = []
+            let message: [UInt8]
+            if before == 0 {
+                message = Array(data)
+            } else {
+                partial.append(contentsOf: data)
+                message = partial
+                partial = []
+            }
             if let onMessage { onMessage(message) } else { pendingMessages.append(message) }
         }
     }
@@ -503,6 +518,19 @@ public final class SecureChannel: @unchecked Sendable {
             }
         }
         return stream
+    }
+
+    /// Stops reading the connection until `resumeReading()` (loop thread), so TCP slows the
+    /// sender; messages in what was already read are still delivered.
+    public func pauseReading() {
+        loop.preconditionInLoop()
+        connection.pauseReading()
+    }
+
+    /// Reads again after `pauseReading()` (loop thread).
+    public func resumeReading() {
+        loop.preconditionInLoop()
+        connection.resumeReading()
     }
 
     // MARK: Closing

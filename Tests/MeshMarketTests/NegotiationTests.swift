@@ -28,6 +28,13 @@ struct Harness {
     var wire: [(toProvider: Bool, bytes: [UInt8])] = []
     /// Let the job run when asked (false: leave it running).
     var autoRun = true
+    /// Report chunk stores only when no message is in flight (as a shell that checks chunks off
+    /// the loop may), instead of at once.
+    var deferStores = false
+    /// Chunk checks not yet reported: for the provider (true) or the renter, and whether they matched.
+    var pendingStores: [(provider: Bool, matches: Bool)] = []
+    /// A chunk did not match its hash.
+    var mismatched = false
 
     static func entry(_ name: String, _ data: [UInt8]) -> Negotiation.FileEntry {
         let chunks = stride(from: 0, to: data.count, by: Negotiation.chunkBytes).map { Negotiation.chunkHash(Array(data[$0..<min(data.count, $0 + Negotiation.chunkBytes)])) }
@@ -65,7 +72,7 @@ struct Harness {
             var offset = 0
             while offset < data.count {
                 let piece = Array(data[offset..<min(data.count, offset + Negotiation.chunkBytes)])
-                out.append(Negotiation.Message.chunk(file: UInt16(i), offset: UInt64(offset), hash: Negotiation.chunkHash(piece), data: piece).encoded)
+                out.append(Negotiation.Message.chunk(file: UInt16(i), offset: UInt64(offset), hash: Negotiation.chunkHash(piece), data: piece[...]).encoded)
                 offset += piece.count
             }
         }
@@ -76,9 +83,16 @@ struct Harness {
         for d in ds {
             switch d {
             case .send(let m): wire.append((false, m.encoded))
-            case .writeInput(let f, let offset, let data):
-                #expect(UInt64(written[f, default: []].count) == offset)
-                written[f, default: []] += data
+            case .writeInput(let f, let offset, let data, let hash):
+                let matches = Negotiation.chunkHash(data) == hash
+                // Later chunks may still be written after one that did not match, until the
+                // session hears of it (its files are dropped then).
+                if matches && !mismatched {
+                    #expect(UInt64(written[f, default: []].count) == offset)
+                    written[f, default: []] += data
+                }
+                mismatched = mismatched || !matches
+                if deferStores { pendingStores.append((true, matches)) } else { providerDo(provider.onChunkStored(matches: matches, now: now)) }
             case .run:
                 providerDo(provider.onStarted(now: now))
                 if autoRun { finishJob() }
@@ -109,9 +123,14 @@ struct Harness {
                 for c in Self.chunks(inputData) { wire.append((true, c)) }
                 renterDo(renter.onInputsSent(now: now))
             case .log(_, let data): logs += data
-            case .writeOutput(let f, let offset, let data):
-                #expect(UInt64(received[f, default: []].count) == offset)
-                received[f, default: []] += data
+            case .writeOutput(let f, let offset, let data, let hash):
+                let matches = Negotiation.chunkHash(data) == hash
+                if matches && !mismatched {
+                    #expect(UInt64(received[f, default: []].count) == offset)
+                    received[f, default: []] += data
+                }
+                mismatched = mismatched || !matches
+                if deferStores { pendingStores.append((false, matches)) } else { renterDo(renter.onChunkStored(matches: matches, now: now)) }
             case .store(let r): stored.append(r)
             case .close(let o): renterOutcome = o
             case .timer, .started, .finished, .outputsVerified: break
@@ -123,7 +142,12 @@ struct Harness {
     /// Delivers messages until none are left (or `limit` were delivered).
     mutating func pump(limit: Int = .max) {
         var n = 0
-        while !wire.isEmpty, n < limit {
+        while !wire.isEmpty || !pendingStores.isEmpty, n < limit {
+            if wire.isEmpty {
+                let (toProvider, matches) = pendingStores.removeFirst()
+                if toProvider { providerDo(provider.onChunkStored(matches: matches, now: now)) } else { renterDo(renter.onChunkStored(matches: matches, now: now)) }
+                continue
+            }
             let (toProvider, bytes) = wire.removeFirst()
             if toProvider { providerDo(provider.onMessage(bytes, now: now)) } else { renterDo(renter.onMessage(bytes, now: now)) }
             n += 1
@@ -138,9 +162,11 @@ struct Harness {
 
 @Suite("Negotiation")
 struct NegotiationTests {
-    @Test("a job with inputs and outputs runs to a receipt both keys verify")
-    func happyPath() throws {
+    @Test("a job with inputs and outputs runs to a receipt both keys verify (chunk checks reported at once, or late)",
+          arguments: [false, true])
+    func happyPath(deferStores: Bool) throws {
         var h = Harness()
+        h.deferStores = deferStores
         h.begin()
         h.pump()
         let receipt = try #require(h.renter.receipt)
@@ -172,6 +198,7 @@ struct NegotiationTests {
         let next = try #require(h.wire.first { $0.toProvider })
         var copy = h.provider
         #expect(copy.onMessage(next.bytes, now: h.now).count == 1)
+        #expect(copy.onChunkStored(matches: true, now: h.now).isEmpty)
         h.pump()
         #expect(h.renter.receipt != nil)
     }
@@ -189,9 +216,11 @@ struct NegotiationTests {
         #expect(h.size == UInt64(data.count) && h.hash == e.hash && h.chunks.count == 3)
         // A chunk shorter than the chunk size, where a full one was due, is refused.
         var r = Negotiation.Receiver([e])
-        guard case .failure = r.take(file: 0, offset: 0, hash: Negotiation.chunkHash(Array(data[0..<10])), data: Array(data[0..<10])) else {
+        guard case .failure = r.admit(file: 0, offset: 0, hash: Negotiation.chunkHash(Array(data[0..<10])), count: 10) else {
             Issue.record("a short chunk was accepted"); return
         }
+        // A store reported for a chunk that never arrived is refused too.
+        guard case .failure = r.stored(matches: true) else { Issue.record("a store without a chunk was accepted"); return }
     }
 
     @Test("charges round up to a whole millipoint and never overflow")
@@ -356,10 +385,12 @@ struct NegotiationTests {
                                                     validUntil: now + 30_000).signed(by: h.providerKey)).encoded
     }
 
-    @Test("a tampered chunk, an out-of-order chunk or a wrong whole-file hash ends the session before the job runs")
-    func badChunks() {
+    @Test("a tampered chunk, an out-of-order chunk or a wrong whole-file hash ends the session before the job runs",
+          arguments: [false, true])
+    func badChunks(deferStores: Bool) {
         for variant in 0..<3 {
             var h = Harness()
+            h.deferStores = deferStores
             h.begin()
             h.pump(limit: 2)  // request, quote -> accept, chunks queued
             var queued = h.wire.filter { $0.toProvider }
@@ -371,7 +402,7 @@ struct NegotiationTests {
                 queued.swapAt(1, 2)
             default:  // a chunk whose own hash matches but whose file does not: replace the last chunk's data
                 let data: [UInt8] = Array("hellp".utf8)
-                queued[queued.count - 1].bytes = Negotiation.Message.chunk(file: 2, offset: 0, hash: Negotiation.chunkHash(data), data: data).encoded
+                queued[queued.count - 1].bytes = Negotiation.Message.chunk(file: 2, offset: 0, hash: Negotiation.chunkHash(data), data: data[...]).encoded
             }
             h.wire = queued
             h.pump()
@@ -501,6 +532,23 @@ struct NegotiationTests {
             let m = Negotiation.Message.finish(Negotiation.Finish(exitStatus: 0, signaled: false, timedOut: false, wallMilliseconds: 0, gpuMilliseconds: 0,
                                                                   outputs: [Harness.entry(bad, [1])]))
             #expect(Negotiation.Message(decoding: m.encoded) == nil)
+        }
+    }
+
+    @Test("a chunk built in place is the same bytes as the encoded message; a short or failed fill gives none")
+    func chunkInPlace() throws {
+        struct ReadFailed: Error {}
+        let data = (0..<(Negotiation.chunkBytes - 3)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let fill: (UnsafeMutableRawBufferPointer) -> Int = { buffer in
+            data.withUnsafeBytes { buffer.copyMemory(from: $0) }
+            return data.count
+        }
+        let expected = Negotiation.Message.chunk(file: 7, offset: 1 << 33, hash: Negotiation.chunkHash(data), data: data[...]).encoded
+        #expect(Negotiation.Message.encodedChunk(file: 7, offset: 1 << 33, hash: nil, count: data.count, fill: fill) == expected)
+        #expect(Negotiation.Message.encodedChunk(file: 7, offset: 1 << 33, hash: Negotiation.chunkHash(data), count: data.count, fill: fill) == expected)
+        #expect(Negotiation.Message.encodedChunk(file: 7, offset: 0, hash: nil, count: data.count, fill: { _ in data.count - 1 }) == nil)
+        #expect(throws: ReadFailed.self) {
+            _ = try Negotiation.Message.encodedChunk(file: 0, offset: 0, hash: nil, count: 4, fill: { (_) throws(ReadFailed) -> Int in throw ReadFailed() })
         }
     }
 }

@@ -224,7 +224,7 @@ struct JobNodeTests {
                         let entry = Negotiation.FileEntry(name: "result", size: 4, hash: Blake2b.hash(Array("good".utf8), outputLength: 32))
                         channel.send(Negotiation.Message.finish(Negotiation.Finish(exitStatus: 0, signaled: false, timedOut: false, wallMilliseconds: 5,
                                                                                    gpuMilliseconds: 0, outputs: [entry])).encoded)
-                        channel.send(Negotiation.Message.chunk(file: 0, offset: 0, hash: Negotiation.chunkHash(data), data: data).encoded)
+                        channel.send(Negotiation.Message.chunk(file: 0, offset: 0, hash: Negotiation.chunkHash(data), data: data[...]).encoded)
                     }
                 }
             }

@@ -1,7 +1,7 @@
 // swift-tools-version: 6.1
 // GPUMesh: a peer-to-peer mesh of GPU providers with no central coordinator.
 // Targets follow ../shared/DESIGN.md; dependencies only point down:
-// gpumesh -> MeshRuntime -> MeshDHT/MeshMarket/MeshJobs -> MeshCore/MeshCrypto -> CLibUV/CSodium.
+// gpumesh -> MeshRuntime -> MeshLedger -> MeshDHT/MeshMarket/MeshGossip/MeshJobs -> MeshCore/MeshCrypto -> CLibUV/CSodium.
 import PackageDescription
 
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
     ],
     targets: [
         // C libraries, each behind one door.
@@ -34,13 +35,16 @@ let package = Package(
         .target(name: "MeshMarket", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
         // Gossip as pure state: sample, push + IHAVE/IWANT repair, validation, rate limits, peer standing.
         .target(name: "MeshGossip", dependencies: ["MeshCore", "MeshCrypto"], swiftSettings: strict),
+        // SQLite (GRDB): receipts and reports held, direct experience, reputation, reward points.
+        .target(name: "MeshLedger", dependencies: ["MeshCore", "MeshCrypto", "MeshMarket", "MeshGossip", "MeshJobs",
+                                                   .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: strict),
         // Deterministic simulation for tests and `gpumesh simulate`: virtual clock, seeded loss and partitions.
         .target(name: "MeshTestKit", dependencies: ["MeshDHT", "MeshGossip", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         // libuv: loop thread, timers, UDP, TCP, pipes, signals; the node and its control socket.
         .target(
             name: "MeshRuntime",
             dependencies: [
-                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs",
+                "CLibUV", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshLedger",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
@@ -49,7 +53,7 @@ let package = Package(
         .executableTarget(
             name: "gpumesh",
             dependencies: [
-                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshTestKit",
+                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshTestKit", "MeshLedger",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -60,6 +64,7 @@ let package = Package(
         .testTarget(name: "MeshJobsTests", dependencies: ["MeshJobs"], resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "MeshGossipTests", dependencies: ["MeshGossip", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshMarketTests", dependencies: ["MeshMarket", "MeshCore", "MeshCrypto", "MeshJobs"], swiftSettings: strict),
+        .testTarget(name: "MeshLedgerTests", dependencies: ["MeshLedger", "MeshMarket", "MeshGossip", "MeshCore", "MeshCrypto"], swiftSettings: strict),
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",

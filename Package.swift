@@ -68,7 +68,8 @@ let package = Package(
         .testTarget(name: "MeshDHTTests", dependencies: ["MeshDHT", "MeshCore", "MeshCrypto", "MeshTestKit"], swiftSettings: strict),
         .testTarget(
             name: "MeshRuntimeTests",
-            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", .product(name: "InMemoryLogging", package: "swift-log")],
+            dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshLedger",
+                           .product(name: "InMemoryLogging", package: "swift-log")],
             swiftSettings: strict),
         .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]

@@ -123,6 +123,19 @@ public struct ConfigFile: Sendable, Equatable {
         return price
     }
 
+    /// A number from `range` (an integer or a decimal), or nil if absent; throws otherwise.
+    public func number(_ key: String, in range: ClosedRange<Double>) throws(Error) -> Double? {
+        guard let e = entries[key] else { return nil }
+        let value: Double?
+        switch e.value {
+        case .integer(let i): value = Double(i)
+        case .decimal(let d): value = Double(d)
+        default: value = nil
+        }
+        guard let value, range.contains(value) else { throw Error(line: e.line, "'\(key)' must be a number from \(range.lowerBound) to \(range.upperBound)") }
+        return value
+    }
+
     /// A boolean value, or nil if absent; throws if it has another type.
     public func bool(_ key: String) throws(Error) -> Bool? {
         guard let e = entries[key] else { return nil }

@@ -29,6 +29,8 @@ public struct NodeConfig: Sendable, Equatable {
     public var disjointPaths = 1
     /// What this node offers when it provides (`[provider]`).
     public var provider = ProviderConfig()
+    /// Peers trusted from the start in reputation (`[reputation] friends`: 64-digit peer IDs).
+    public var friends: [String] = []
 
     /// The settings a node understands, as `table.key`.
     public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file",
@@ -38,7 +40,7 @@ public struct NodeConfig: Sendable, Equatable {
                                                 "provider.executors", "provider.gpus", "provider.record_lifetime_s",
                                                 "provider.heartbeat_interval_s", "provider.images", "provider.max_duration_s",
                                                 "provider.max_input_mib", "provider.max_output_mib", "provider.max_memory_mib",
-                                                "provider.allow_renters"]
+                                                "provider.allow_renters", "provider.min_renter_reputation", "reputation.friends"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -91,6 +93,12 @@ public struct NodeConfig: Sendable, Equatable {
             disjointPaths = n
         }
         try provider.read(file)
+        if let list = try file.strings("reputation.friends") {
+            for id in list where id.utf8.count != 64 || !id.allSatisfy(\.isHexDigit) {
+                throw ConfigFile.Error(line: file["reputation.friends"]!.line, "friends: '\(id)' is not a 64-digit peer ID")
+            }
+            friends = list.map { $0.lowercased() }
+        }
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
                 throw ConfigFile.Error(line: file["node.log_level"]!.line, "log_level must be one of \(Self.logLevels.joined(separator: ", "))")
@@ -197,6 +205,15 @@ public struct NodeConfig: Sendable, Equatable {
     # who holds the mesh key.
     allow_renters = []
 
+    # Renters whose reputation (this node's view, 0 to 1; 0.5 for a peer with no history) is
+    # below this are declined; 0: no floor.
+    min_renter_reputation = 0
+
+    [reputation]
+    # Peers whose word counts from the start (64-digit peer IDs), besides this node: their
+    # receipts and reports weigh most in the scores this node computes.
+    friends = []
+
     """
 }
 
@@ -248,6 +265,8 @@ public struct ProviderConfig: Sendable, Equatable {
     public var maxMemoryMiB = 0
     /// Renters allowed (peer IDs, 64 hex digits, lower case); empty: anyone in the mesh.
     public var allowRenters: [String] = []
+    /// Renters below this reputation (0 to 1) are declined; 0: no floor.
+    public var minRenterReputation = 0.0
 
     /// The defaults.
     public init() {}
@@ -309,5 +328,6 @@ public struct ProviderConfig: Sendable, Equatable {
             }
             allowRenters = list.map { $0.lowercased() }
         }
+        if let r = try file.number("provider.min_renter_reputation", in: 0...1) { minRenterReputation = r }
     }
 }

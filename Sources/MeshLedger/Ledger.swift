@@ -69,6 +69,7 @@ public final class Ledger: Sendable {
         config.busyMode = .timeout(10)
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA cache_size = -32768")  // 32 MiB: index pages stay cached while ingesting
         }
         do {
             pool = try DatabasePool(path: path, configuration: config)
@@ -109,7 +110,8 @@ public final class Ledger: Sendable {
         m.registerMigration("v1-receipts") { db in
             try db.execute(sql: """
                 CREATE TABLE receipts (
-                    id BLOB PRIMARY KEY,
+                    seq INTEGER PRIMARY KEY,
+                    id BLOB NOT NULL UNIQUE,
                     body BLOB NOT NULL,
                     provider_signature BLOB NOT NULL,
                     renter_signature BLOB NOT NULL,
@@ -122,7 +124,7 @@ public final class Ledger: Sendable {
                     source TEXT NOT NULL,
                     heard_from BLOB,
                     stored_at INTEGER NOT NULL
-                ) WITHOUT ROWID;
+                );
                 CREATE INDEX receipts_provider ON receipts(provider);
                 CREATE INDEX receipts_renter ON receipts(renter);
                 CREATE TABLE peers (
@@ -191,10 +193,11 @@ public final class Ledger: Sendable {
     public func ingest(_ receipts: [Negotiation.Receipt], source: Source, heardFrom: PublicKey? = nil, now: UInt64,
                        verified: Bool = false) throws(Failure) -> IngestResult {
         var result = IngestResult()
-        let good = verified ? receipts : receipts.filter { r in
-            if r.isValid { return true }
-            result.refused += 1
-            return false
+        var good: [(receipt: Negotiation.Receipt, body: [UInt8])] = []
+        good.reserveCapacity(receipts.count)
+        for r in receipts {
+            if verified { good.append((r, r.body)); continue }
+            if let body = r.verifiedBody { good.append((r, body)) } else { result.refused += 1 }
         }
         guard !good.isEmpty else { return result }
         return try write { db in
@@ -205,19 +208,24 @@ public final class Ledger: Sendable {
                 """)
             let peer = try db.cachedStatement(sql: """
                 INSERT INTO peers (key, first_seen, last_seen) VALUES (?, ?, ?)
-                ON CONFLICT(key) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)
+                ON CONFLICT(key) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)
                 """)
             let from = heardFrom.map { Data($0.bytes) }
-            for r in good {
-                let body = r.body
+            var seen: [PublicKey: (first: UInt64, last: UInt64)] = [:]
+            for (r, body) in good {
                 try insert.execute(arguments: [Data(Blake2b.hash(body, outputLength: 32)), Data(body), Data(r.providerSignature), Data(r.renterSignature),
                                                Data(r.provider.bytes), Data(r.renter.bytes), r.gpuModel, Int64(clamping: r.gpuMilliseconds),
                                                Int64(clamping: r.charge), Int64(clamping: r.startedAt), source.rawValue, from, Int64(clamping: now)])
                 if db.changesCount == 0 { result.duplicates += 1; continue }
                 result.stored += 1
-                let seen = Int64(clamping: r.startedAt)
-                try peer.execute(arguments: [Data(r.provider.bytes), seen, seen])
-                try peer.execute(arguments: [Data(r.renter.bytes), seen, seen])
+                for k in [r.provider, r.renter] {
+                    let s = seen[k] ?? (r.startedAt, r.startedAt)
+                    seen[k] = (min(s.first, r.startedAt), max(s.last, r.startedAt))
+                }
+            }
+            // One row per peer per batch, not two per receipt.
+            for (k, s) in seen {
+                try peer.execute(arguments: [Data(k.bytes), Int64(clamping: s.first), Int64(clamping: s.last)])
             }
             return result
         }
@@ -257,6 +265,18 @@ public final class Ledger: Sendable {
         let from: Data? = row["heard_from"]
         return Stored(receipt: r, source: Source(rawValue: row["source"]) ?? .imported, heardFrom: from.flatMap { try? PublicKey(bytes: $0) },
                       storedAt: UInt64(max(0, row["stored_at"] as Int64)))
+    }
+
+    /// Moves the write-ahead log into the database file and truncates it (the file's size is
+    /// then the data's).
+    public func checkpoint() throws(Failure) {
+        do { try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") } }
+        catch { throw Self.failure(error, path: path) }
+    }
+
+    /// The keys of every peer named by a stored receipt.
+    public func peerKeys() throws(Failure) -> [PublicKey] {
+        try read { db in try Data.fetchAll(db, sql: "SELECT key FROM peers ORDER BY key").compactMap { try? PublicKey(bytes: $0) } }
     }
 
     /// How many receipts, reports, peers and experience events are held.

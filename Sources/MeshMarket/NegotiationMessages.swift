@@ -310,6 +310,17 @@ public enum Negotiation {
         public var providerSignatureValid: Bool { provider.isValidSignature(providerSignature, for: Context.receiptProvider + body) }
         /// True if the renter's signature verifies.
         public var renterSignatureValid: Bool { renter.isValidSignature(renterSignature, for: Context.receiptRenter + body) }
+        /// The signed body if both signatures verify and the charge follows from price and GPU
+        /// time (the body is encoded once), else nil.
+        public var verifiedBody: [UInt8]? {
+            guard gpuMilliseconds == Self.gpuTime(gpus: gpus, wallMilliseconds: wallMilliseconds),
+                  charge == Self.charge(price: price, gpuMilliseconds: gpuMilliseconds) else { return nil }
+            let b = body
+            guard provider.isValidSignature(providerSignature, for: Context.receiptProvider + b),
+                  renter.isValidSignature(renterSignature, for: Context.receiptRenter + b) else { return nil }
+            return b
+        }
+
         /// True if both signatures verify and the charge follows from price and GPU time.
         public var isValid: Bool {
             providerSignatureValid && renterSignatureValid && gpuMilliseconds == Self.gpuTime(gpus: gpus, wallMilliseconds: wallMilliseconds)

@@ -231,6 +231,8 @@ extension Negotiation {
         public private(set) var startedAt: UInt64 = 0
         /// Input bytes received so far.
         public var inputBytesReceived: UInt64 { receiver?.bytes ?? 0 }
+        /// True once the renter accepted the quote (the deal is on).
+        public private(set) var accepted = false
 
         private let identity: SigningKey
         private let gpuModel: String
@@ -269,6 +271,7 @@ extension Negotiation {
                 guard now <= quote.validUntil else {
                     return decline(.expired, "the quote expired before it was accepted")
                 }
+                accepted = true
                 let r = Receiver(inputs)
                 receiver = r
                 if r.isComplete { state = .starting; watch.disarm(); return [.run] }

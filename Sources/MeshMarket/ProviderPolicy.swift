@@ -1,4 +1,5 @@
 import MeshCore
+import Foundation
 import MeshCrypto
 
 /// What a provider accepts (the `[provider]` job policy plus what its host has), as a pure
@@ -26,6 +27,11 @@ public struct ProviderPolicy: Sendable, Equatable {
     public var cpuCores: Int
     /// Free disk for work directories, MiB.
     public var diskFreeMiB: Int
+    /// Least renter reputation (0 to 1) accepted; 0: no floor.
+    public var minRenterReputation = 0.0
+    /// This provider's view of the requesting renter's reputation (nil: no history, counted as
+    /// `Ranking.unknownReputation`).
+    public var renterReputation: Double?
 
     /// A policy.
     public init(price: Price, executors: [Executor], images: [String] = [], maxDurationSeconds: Int = 3_600,
@@ -55,6 +61,12 @@ public struct ProviderPolicy: Sendable, Equatable {
     /// asks, the executor and image, the price, the resources, the limits, then a free slot.
     public func evaluate(_ spec: JobSpec, inputBytes: UInt64, renter: PublicKey, freeSlots: Int) -> (reason: Negotiation.Reason, note: String)? {
         if !allowRenters.isEmpty, !allowRenters.contains(PeerID(publicKey: renter)) { return (.notAllowed, "this provider runs jobs only for the renters it lists") }
+        if minRenterReputation > 0 {
+            let r = renterReputation ?? Ranking.unknownReputation
+            if r < minRenterReputation {
+                return (.notAllowed, String(format: "this provider asks renters for a reputation of at least %.2f; yours here is %.2f", minRenterReputation, r))
+            }
+        }
         if executors.isEmpty { return (.executor, "this peer does not run jobs (it provides no executor)") }
         guard executors.contains(spec.executor) else {
             return (.executor, "executor \(spec.executor.rawValue) is not offered here (offered: \(executors.map(\.rawValue).joined(separator: ", ")))")

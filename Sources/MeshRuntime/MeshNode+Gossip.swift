@@ -101,6 +101,7 @@ extension MeshNode {
             }
         }
         gossip.subscribe(.receipt) { [unowned self] message in jobs?.heard(message) }
+        gossip.subscribe(.report) { [unowned self] message in ledger?.heard(report: message) }
         guard heartbeatSeconds > 0 else { return }
         heartbeatTimer = try loop.schedule(after: .seconds(heartbeatSeconds), repeating: .seconds(heartbeatSeconds)) { [unowned self] in
             sendHeartbeat(intervalSeconds: heartbeatSeconds)

@@ -4,6 +4,7 @@ import MeshCore
 import MeshCrypto
 import MeshGossip
 import MeshJobs
+import MeshLedger
 import MeshMarket
 
 /// The shell around the negotiation sessions (loop-confined): serves `gpumesh/jobs/1` as a
@@ -16,7 +17,6 @@ final class JobsService: @unchecked Sendable {
     let directory: String
     /// Provider work directories: `<data>/work`, or under the temp directory when running as root.
     let workRoot: String
-    let receipts: ReceiptStore
     private(set) var infos: [String: JobInfo] = [:]
     private var order: [String] = []
     private var providing: [ObjectIdentifier: ProviderJob] = [:]
@@ -44,7 +44,6 @@ final class JobsService: @unchecked Sendable {
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // Work directories left by a killed node hold nothing anyone will collect.
         for stale in (try? fm.contentsOfDirectory(atPath: workRoot)) ?? [] { try? fm.removeItem(atPath: workRoot + "/" + stale) }
-        receipts = try ReceiptStore(path: node.dataDirectory + "/receipts.log")
         let history = directory + "/history.jsonl"
         if let text = try? String(contentsOfFile: history, encoding: .utf8) {
             for line in text.split(separator: "\n") {
@@ -128,16 +127,19 @@ final class JobsService: @unchecked Sendable {
     }
 
     /// The policy requests are checked against now (nothing is offered while not providing).
-    func policy() -> ProviderPolicy {
+    func policy(renter: PublicKey) -> ProviderPolicy {
         let c = node.providerConfig
         guard let capability = node.provider?.capability else {
             return ProviderPolicy(price: c.price, executors: [], maxMemoryMiB: 0, gpus: [], cpuCores: 0, diskFreeMiB: 0)
         }
         let allowed = Set(c.allowRenters.compactMap { PeerID(hex: $0) })
-        return ProviderPolicy(price: capability.price, executors: capability.executors, images: c.images, maxDurationSeconds: c.maxDurationSeconds,
+        var policy = ProviderPolicy(price: capability.price, executors: capability.executors, images: c.images, maxDurationSeconds: c.maxDurationSeconds,
                               maxInputBytes: UInt64(c.maxInputMiB) << 20, maxOutputBytes: UInt64(c.maxOutputMiB) << 20,
                               maxMemoryMiB: c.maxMemoryMiB > 0 ? c.maxMemoryMiB : capability.ramMiB, allowRenters: allowed,
                               gpus: capability.gpus, cpuCores: capability.cpuCores, diskFreeMiB: capability.diskFreeMiB)
+        policy.minRenterReputation = c.minRenterReputation
+        policy.renterReputation = node.ledger.reputation(renter)
+        return policy
     }
 
     private var slotsInUse: Int { providing.values.reduce(0) { $0 + ($1.session.holdsSlot || $1.process != nil ? 1 : 0) } }
@@ -147,7 +149,7 @@ final class JobsService: @unchecked Sendable {
     /// A channel opened for `gpumesh/jobs/1`: this node acts as provider.
     func accept(_ channel: SecureChannel) {
         guard !stopped, let renter = channel.remoteIdentity else { channel.close(); return }
-        let policy = policy()
+        let policy = policy(renter: renter)
         let gpuModel = node.provider?.capability.gpus.first?.slug ?? ""
         let job = ProviderJob(session: Negotiation.ProviderSession(identity: node.identity, renter: renter, policy: policy, gpuModel: gpuModel),
                               channel: channel)
@@ -336,7 +338,23 @@ final class JobsService: @unchecked Sendable {
         }
     }
 
+    /// What a failed job says of the other peer, if anything: declines and failures before an
+    /// agreement say nothing; neither does a failure this side caused or the peer reported.
+    static func experience(of f: Negotiation.Failure, agreed: Bool, finished: Bool, asProvider: Bool) -> Reputation.Outcome? {
+        guard agreed else { return nil }
+        switch f.reason {
+        case .protocolError: return f.byPeer ? nil : .failedVerification
+        case .timeout, .disconnected: return asProvider && finished ? .unsigned : .noShow
+        case .cancelled, .failed: return f.byPeer ? .failure : nil
+        default: return nil
+        }
+    }
+
     private func closeProvider(_ job: ProviderJob, _ outcome: Negotiation.Outcome) {
+        if case .failed(let f) = outcome,
+           let e = Self.experience(of: f, agreed: job.session.accepted, finished: job.session.finish != nil, asProvider: true) {
+            node.ledger.experienced(e, peer: job.session.renter, role: "renter", jobID: job.session.jobID, note: f.note)
+        }
         job.closed = true
         job.timer?.cancel()
         job.sender?.stop()
@@ -389,7 +407,7 @@ final class JobsService: @unchecked Sendable {
 
     func store(_ receipt: Negotiation.Receipt, publish: Bool) {
         do {
-            try receipts.append(receipt)
+            try node.ledger.storeOwn(receipt)
         } catch {
             node.logger.error("receipt not stored: \(error)")
             return
@@ -405,6 +423,7 @@ final class JobsService: @unchecked Sendable {
             return
         }
         node.bump(.receiptsHeard)
+        node.ledger.heard(r, from: message.origin)
     }
 
     // MARK: Renter side
@@ -640,6 +659,10 @@ final class JobsService: @unchecked Sendable {
                     update(job.hex) { $0.receipt = Hex.encode(r.id); $0.charge = Self.points(r.charge) }
                     finishRenter(job, state: "completed", failure: nil)
                 case .failed(let f):
+                    if let session = job.session,
+                       let e = Self.experience(of: f, agreed: session.quote != nil, finished: session.finish != nil, asProvider: false) {
+                        node.ledger.experienced(e, peer: session.provider, role: "provider", jobID: session.jobID, note: f.note)
+                    }
                     job.store?.discard(removing: job.partialDirectory)
                     job.store = nil
                     job.readingPaused = false
@@ -742,7 +765,9 @@ extension MeshNode {
     }
 
     /// The co-signed receipts this node holds.
-    public var storedReceipts: [Negotiation.Receipt] { jobs.receipts.receipts }
+    public var storedReceipts: [Negotiation.Receipt] {
+        ((try? ledger.ledger.receipts()) ?? []).filter { $0.source == .own }.map(\.receipt)
+    }
 
     /// Registers the `jobs.*` control methods.
     func registerJobsControl(_ control: ControlServer) {

@@ -80,6 +80,10 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case receiptsHeard = "gossip_receipts_heard"
     /// Receipts on gossip refused: malformed, a signature that does not verify, or sent by neither party.
     case receiptsRefused = "gossip_receipts_refused"
+    /// Reports heard on gossip and kept (they name another peer and decode).
+    case reportsHeard = "gossip_reports_heard"
+    /// Reports on gossip refused: malformed, or about their own sender.
+    case reportsRefused = "gossip_reports_refused"
     /// Job requests received as a provider.
     case jobsRequested = "jobs_requested"
     /// Job requests declined (outside policy, busy, malformed).
@@ -132,6 +136,8 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
     case idPuzzle(bits: Int, difficulty: Int)
     /// The request itself was refused (bad value, lifetime, ...).
     case badRequest(String)
+    /// The ledger could not be opened or written (the text says why and what to do).
+    case ledger(String)
 
     /// A message for people.
     public var description: String {
@@ -145,6 +151,7 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
         case .badAnswer(let why): return "bad answer: \(why)"
         case .stopped: return "the node has stopped"
         case .badRequest(let why): return why
+        case .ledger(let why): return why
         case .idPuzzle(let bits, let d):
             return "this identity's ID scores \(bits) puzzle bits but the mesh requires \(d): make one that meets it with `gpumesh init --id-difficulty \(d)` in a new data directory"
         }
@@ -293,6 +300,8 @@ public final class MeshNode: @unchecked Sendable {
     private let ownsDataDirectory: Bool
     /// Jobs in both roles.
     var jobs: JobsService!
+    /// Receipts, reports, experience and reputation.
+    var ledger: LedgerService!
     /// This node's view of a peer's reputation (0 to 1; nil: no history), used to rank and filter
     /// search results. Loop-confined; nil until the ledger provides one.
     var reputation: ((PublicKey) -> Double?)?
@@ -422,13 +431,24 @@ public final class MeshNode: @unchecked Sendable {
                              lookup: { [unowned self] in dht.instance.table.node($0)?.contact },
                              send: { [unowned self] body, peer, address in sendBody(body, to: peer, at: address, cookie: nil) },
                              open: { [unowned self] contact, done in openChannel(to: contact, service: ChannelService.gossip, done) })
-        try startServing()
-        try dht.start()
-        try gossip.start()
-        serve(ChannelService.gossip) { [unowned self] in gossip.attach($0) }
-        try startGossipApplications(heartbeatSeconds: options.config.provider.heartbeatIntervalSeconds)
-        jobs = try JobsService(node: self)
-        serve(ChannelService.jobs) { [unowned self] in jobs.accept($0) }
+        do {
+            // The data directory first: the ledger and the jobs live in it.
+            try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try startServing()
+            try dht.start()
+            try gossip.start()
+            serve(ChannelService.gossip) { [unowned self] in gossip.attach($0) }
+            try startGossipApplications(heartbeatSeconds: options.config.provider.heartbeatIntervalSeconds)
+            ledger = try LedgerService(node: self, friends: options.config.friends)
+            reputation = { [unowned self] in ledger.reputation($0) }
+            ledger.start()
+            jobs = try JobsService(node: self)
+            serve(ChannelService.jobs) { [unowned self] in jobs.accept($0) }
+        } catch {
+            // Whatever started is stopped, so no timer or handle outlives a node that never was.
+            stopOnLoop()
+            throw error
+        }
         dht.join(through: options.bootstrap)
         logger.info("node started", metadata: ["udp": "\(udpAddress)", "tcp": "\(tcpAddress)",
                                                "mesh": "\(meshKey.isPublicMesh ? "public" : meshKey.fingerprint)"])
@@ -770,6 +790,7 @@ public final class MeshNode: @unchecked Sendable {
         dht.stop()
         heartbeatTimer?.cancel()
         jobs?.stop()
+        ledger?.stop()
         gossip.stop()
         udp.close()
         tcp.close()

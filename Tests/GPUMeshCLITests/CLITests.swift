@@ -410,6 +410,72 @@ struct CLITests {
         let unknown = try run(["job", "cancel", "--data-dir", b, "abcdef"])
         #expect(unknown.status == 1 && unknown.stderr.contains("no job abcdef"))
         #expect(try run(["jobs", "--data-dir", b, "--json"]).stdout == listed.stdout)
+
+        // The ledger: the receipt is held, scores and points follow from it, export and verify.
+        let status = try json(try run(["ledger", "status", "--data-dir", b, "--json"]).stdout)
+        #expect(status["receipts"] as? Int == 1 && status["own_receipts"] as? Int == 1)
+        let top = try run(["reputation", "--data-dir", b, "--json"])
+        let scores = try #require(try JSONSerialization.jsonObject(with: Data(top.stdout.utf8)) as? [[String: Any]])
+        let providerKey = try #require(scores.first?["peer"] as? String)
+        #expect((scores.first?["value"] as? Double ?? 0) > 0.5)
+        let explained = try run(["reputation", "--data-dir", b, String(providerKey.prefix(10)), "--explain"])
+        #expect(explained.status == 0 && explained.stdout.contains("direct experience: 1 events") && explained.stdout.contains("score = alpha / (alpha + beta)"),
+                "\(explained.stdout)\(explained.stderr)")
+        let rewards = try run(["rewards", "--data-dir", b, "--json"])
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(rewards.stdout.utf8)) as? [[String: Any]])
+        #expect(entries.contains { $0["peer"] as? String == providerKey && $0["jobs_provided"] as? Int == 1 })
+        #expect(entries.contains { $0["jobs_rented"] as? Int == 1 && ($0["spent_millipoints"] as? Int ?? -1) >= 0 })
+        let export = work + "/receipts.jsonl"
+        #expect(try run(["ledger", "export", "--data-dir", b, "--out", export]).status == 0)
+        #expect(try String(contentsOfFile: export, encoding: .utf8).split(separator: "\n").count == 1)
+        let verify = try json(try run(["ledger", "verify", "--data-dir", b, "--json"]).stdout)
+        #expect(verify["ok"] as? Bool == true && verify["receipts"] as? Int == 1)
+        let nobody = try run(["reputation", "--data-dir", b, "ffff0000"])
+        #expect(nobody.status == 1 && nobody.stderr.contains("no peer ffff0000"))
+    }
+
+    @Test("a ledger process killed with SIGKILL in the middle of a 10,000-receipt ingest loses nothing it acknowledged")
+    func ledgerKill() throws {
+        let dir = try tempDataDir()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let db = dir + "/ledger.sqlite"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: gpumeshBinary)
+        p.arguments = ["ledger", "ingest-test", "--db", db, "--count", "10000", "--batch", "50"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        // Kill it at a moment chosen at random, once it has acknowledged something.
+        let killAt = Int.random(in: 500...6_000)
+        var acked = 0
+        var buffer = ""
+        let deadline = Date().addingTimeInterval(120)
+        while acked < killAt && Date() < deadline && p.isRunning {
+            let data = out.fileHandleForReading.availableData
+            if data.isEmpty { break }
+            buffer += String(decoding: data, as: UTF8.self)
+            while let nl = buffer.firstIndex(of: "\n") {
+                let line = buffer[..<nl]
+                buffer = String(buffer[buffer.index(after: nl)...])
+                if line.hasPrefix("acked "), let n = Int(line.dropFirst(6)) { acked = max(acked, n) }
+            }
+        }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(p.terminationReason == .uncaughtSignal || acked == 10_000)
+        #expect(acked > 0)
+        // Everything acknowledged is there, nothing is damaged, and whole transactions only.
+        let verify = try run(["ledger", "verify", "--db", db, "--json"])
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        let v = try json(verify.stdout)
+        let held = try #require(v["receipts"] as? Int)
+        #expect(v["ok"] as? Bool == true)
+        #expect(held >= acked && held <= 10_000 && held % 50 == 0, "acknowledged \(acked), held \(held)")
+        // And the ingest can go on where it stopped: a second run stores the rest.
+        let again = try run(["ledger", "ingest-test", "--db", db, "--count", "10000", "--batch", "500"], timeout: 120)
+        #expect(again.status == 0)
+        #expect(try json(try run(["ledger", "verify", "--db", db, "--json"]).stdout)["receipts"] as? Int == 10_000)
     }
 
     @Test("bench jobs --json prints round trip, sandbox start and transfer figures")
@@ -423,6 +489,22 @@ struct CLITests {
         }
         #expect((o["roundtrip_ms_p99"] as? Double ?? 0) >= (o["roundtrip_ms_p50"] as? Double ?? 1))
         #expect(o["jobs"] as? Int == 3)
+    }
+
+    @Test("bench ledger --json prints ingest against the signature floor, recompute, rewards and size")
+    func benchLedger() throws {
+        let r = try run(["bench", "ledger", "--json", "--ingest", "500", "--receipts", "2000", "--peers", "200", "--batch", "100"], timeout: 120)
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r.stdout)
+        for key in ["ingest_receipts_per_s", "signature_floor_receipts_per_s", "reputation_recompute_ms", "rewards_epoch_ms", "db_mib_per_100k_receipts",
+                    "store_only_receipts_per_s"] {
+            #expect((o[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        // Storing includes verifying, so it cannot beat verifying alone by much.
+        #expect((o["ingest_receipts_per_s"] as? Double ?? .infinity) < 1.2 * (o["signature_floor_receipts_per_s"] as? Double ?? 0))
+        #expect(o["peers_scored"] as? Int == 200 && o["receipts"] as? Int == 2000)
+        let bad = try run(["bench", "ledger", "--peers", "1"])
+        #expect(bad.status != 0 && bad.stderr.contains("--peers"))
     }
 
     @Test("debug publish on one node is delivered on another; gossip stats shows it; a bad topic is refused")

@@ -3,6 +3,7 @@ import Logging
 import MeshCore
 import MeshCrypto
 import MeshJobs
+import MeshLedger
 import MeshMarket
 @testable import MeshRuntime
 import Testing
@@ -25,6 +26,13 @@ private func startProvider(on loop: EventLoop, bootstrap: [Contact] = [], price:
 }
 
 private func spec(_ toml: String) throws -> JobSpec { try JobSpec(toml: toml) }
+
+/// Recomputes `node`'s reputation scores now and returns its view of `peer`.
+private func reputation(_ node: MeshNode, of peer: PublicKey) async -> Double? {
+    await withCheckedContinuation { c in
+        _ = node.loop.execute { node.ledger.recompute { _ = node.loop.execute { c.resume(returning: node.ledger.reputation(peer)) } } }
+    }
+}
 
 /// The processes whose command line contains `text` (jobs may run as another uid).
 private func processes(containing text: String) -> [String] {
@@ -98,6 +106,10 @@ struct JobNodeTests {
             // The provider published the receipt; the renter heard it and it verified.
             #expect(try await eventually(10) { try await loop.submit { renter.counters[.receiptsHeard] ?? 0 } >= 1 })
             #expect(try await loop.submit { renter.counters[.receiptsRefused] ?? 0 } == 0)
+            // In the renter's ledger as its own, and its reputation view of the provider rose.
+            #expect(try renter.ledger.ledger.receipts().map(\.source) == [.own])
+            #expect((await reputation(renter, of: provider.identity.publicKey) ?? 0) > 0.5)
+            #expect((await reputation(provider, of: renter.identity.publicKey) ?? 0) > 0.5)
         }
     }
 
@@ -108,8 +120,10 @@ struct JobNodeTests {
             let strict = try await startProvider(on: loop, bootstrap: [provider.contact]) {
                 $0.allowRenters = [PeerID(publicKey: SigningKey().publicKey).hex]
             }
+            // A provider that asks renters for a better reputation than a newcomer's 0.5.
+            let picky = try await startProvider(on: loop, bootstrap: [provider.contact]) { $0.minRenterReputation = 0.6 }
             let renter = try await MeshNode.start(on: loop, options: loopbackOptions(bootstrap: [provider.contact]))
-            defer { Task { await renter.stop(); await provider.stop(); await strict.stop() } }
+            defer { Task { await renter.stop(); await provider.stop(); await strict.stop(); await picky.stop() } }
             let dir = try makeTempDirectory()
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let cases: [(String, String, MeshNode)] = [
@@ -119,6 +133,7 @@ struct JobNodeTests {
                 ("resources", "command = [\"true\"]\n[resources]\nmin_vram = \"80GiB\"\ngpus = 1", provider),
                 ("limits", "command = [\"true\"]\n[resources]\ntime_limit = \"2h\"", provider),
                 ("not-allowed", "command = [\"true\"]", strict),
+                ("not-allowed", "command = [\"true\"]", picky),
             ]
             for (reason, body, target) in cases {
                 let s = try spec("name = \"d\"\n" + body)
@@ -132,6 +147,9 @@ struct JobNodeTests {
             let declined = try await loop.submit { provider.counters[.jobsDeclined] ?? 0 }
             #expect(declined == 5)
             #expect(try await loop.submit { provider.counters[.jobsCompleted] ?? 0 } == 0)
+            #expect(try await renter.jobList().contains { $0.failure?.contains("reputation of at least 0.60") == true })
+            // Declines say nothing about the provider: no experience was recorded.
+            #expect(try renter.ledger.ledger.counts().experience == 0)
         }
     }
 
@@ -179,6 +197,11 @@ struct JobNodeTests {
             let info = try await renter.runJob({ var r = JobRequest(spec: s, inputPaths: [], outputRoot: dir, retries: 1); r.timeouts.reply = 3_000; return r }())
             #expect(info.state == "completed" && info.peer == b.peerID.hex)
             #expect(FileManager.default.contents(atPath: info.outputDirectory! + "/result") == Data("done\n".utf8))
+            // The renter remembers that a left mid-job; b now ranks above a in its view.
+            #expect(try renter.ledger.ledger.counts().experience >= 1)
+            let viewOfA = await reputation(renter, of: a.identity.publicKey) ?? 0.5
+            let viewOfB = await reputation(renter, of: b.identity.publicKey) ?? 0.5
+            #expect(viewOfA < 0.5 && viewOfB > 0.5, "a \(viewOfA), b \(viewOfB)")
         }
     }
 

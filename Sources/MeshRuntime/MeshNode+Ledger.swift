@@ -1,0 +1,179 @@
+import Dispatch
+import Foundation
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshGossip
+import MeshLedger
+import MeshMarket
+
+/// The node's ledger (`<data>/ledger.sqlite`) and what it keeps up to date: receipts (own ones
+/// stored durably before the job counts as done, gossiped ones in batches), reports heard on
+/// gossip, this node's experience of its peers, and the reputation scores searches and the
+/// provider policy read. Database work other than an own receipt runs on a serial queue off the
+/// loop; the scores are copied back to the loop after each recompute. Loop-confined otherwise.
+final class LedgerService: @unchecked Sendable {
+    unowned let node: MeshNode
+    let ledger: Ledger
+    private let queue = DispatchQueue(label: "gpumesh.ledger")
+    private let friends: Set<String>
+    /// The last computed scores (loop thread).
+    private(set) var scores: [PublicKey: Double] = [:]
+    private var pending: [(receipt: Negotiation.Receipt, from: PublicKey)] = []
+    private var flushTimer: LoopTimer?
+    private var recomputeTimer: LoopTimer?
+    private var recomputing = false
+    private var soonTimer: LoopTimer?
+    private var recomputeAgain = false
+    private var stopped = false
+
+    /// Gossiped receipts are stored in batches of at most this many, at most this often.
+    static let batchSize = 512
+    static let batchDelay: Duration = .milliseconds(200)
+
+    init(node: MeshNode, friends: [String]) throws {
+        self.node = node
+        self.friends = Set(friends)
+        let path = node.dataDirectory + "/ledger.sqlite"
+        do { ledger = try Ledger(path: path) } catch { throw NodeError.ledger("\(error)") }
+        // Receipts kept by an earlier version in receipts.log move into the ledger once.
+        let log = node.dataDirectory + "/receipts.log"
+        if FileManager.default.fileExists(atPath: log) {
+            let old = try ReceiptStore(path: log)
+            do { try ledger.ingest(old.receipts, source: .own, now: MeshNode.wallClockMilliseconds()) } catch { throw NodeError.ledger("\(error)") }
+            try? FileManager.default.moveItem(atPath: log, toPath: log + ".imported")
+        }
+    }
+
+    func start(recomputeEvery seconds: Int = 60) {
+        recompute()
+        recomputeTimer = try? node.loop.schedule(after: .seconds(seconds), repeating: .seconds(seconds)) { [unowned self] in recompute() }
+    }
+
+    /// Stores what is pending and waits for the queue (loop thread, at stop).
+    func stop() {
+        stopped = true
+        recomputeTimer?.cancel()
+        flushTimer?.cancel()
+        soonTimer?.cancel()
+        flush()
+        queue.sync {}
+    }
+
+    private var now: UInt64 { MeshNode.wallClockMilliseconds() }
+
+    /// This node's view of `peer` (nil: no evidence yet).
+    func reputation(_ peer: PublicKey) -> Double? { scores[peer] }
+
+    /// Stores a receipt this node is a party to, durably, before returning (loop thread: one
+    /// small transaction).
+    func storeOwn(_ receipt: Negotiation.Receipt) throws(Ledger.Failure) {
+        try ledger.ingest([receipt], source: .own, now: now)
+        scheduleRecompute()
+    }
+
+    /// A receipt heard on gossip from `origin` that already verified: stored with the next batch.
+    func heard(_ receipt: Negotiation.Receipt, from origin: PublicKey) {
+        guard !stopped else { return }
+        pending.append((receipt, origin))
+        if pending.count >= Self.batchSize { flush(); return }
+        if flushTimer == nil {
+            flushTimer = try? node.loop.schedule(after: Self.batchDelay) { [unowned self] in
+                flushTimer = nil
+                flush()
+            }
+        }
+    }
+
+    private func flush() {
+        guard !pending.isEmpty else { return }
+        let batch = pending
+        pending = []
+        let now = self.now
+        let logger = node.logger
+        queue.async { [ledger] in
+            var byOrigin: [PublicKey: [Negotiation.Receipt]] = [:]
+            for (r, from) in batch { byOrigin[from, default: []].append(r) }
+            for (from, receipts) in byOrigin.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) {
+                do { try ledger.ingest(receipts, source: .gossip, heardFrom: from, now: now, verified: true) }
+                catch { logger.error("gossiped receipts not stored: \(error)") }
+            }
+        }
+        scheduleRecompute()
+    }
+
+    /// A report heard on gossip: kept if it verifies (counted either way).
+    func heard(report message: Gossip.Message) {
+        guard let report = Gossip.Report(decoding: message.payload), report.subject != message.origin else {
+            node.bump(.reportsRefused)
+            return
+        }
+        node.bump(.reportsHeard)
+        let now = self.now
+        let logger = node.logger
+        queue.async { [ledger] in
+            do { try ledger.storeReport(message, now: now) } catch { logger.error("report not stored: \(error)") }
+        }
+        scheduleRecompute()
+    }
+
+    /// Records this node's experience of `peer` and, for the kinds reports carry, tells the mesh.
+    func experienced(_ outcome: Reputation.Outcome, peer: PublicKey, role: String, jobID: [UInt8], note: String) {
+        let now = self.now
+        let logger = node.logger
+        queue.async { [ledger] in
+            do { try ledger.recordExperience(peer: peer, role: role, outcome: outcome, jobID: jobID, at: now, note: note) }
+            catch { logger.error("experience not stored: \(error)") }
+        }
+        let kind: Gossip.Report.Kind? = switch outcome {
+        case .failedVerification: .failedVerification
+        case .noShow: .noShow
+        case .unsigned: .unsigned
+        case .success, .failure: nil
+        }
+        if let kind, !stopped, let report = Gossip.Report(kind: kind, subject: peer, jobID: jobID.count == 16 ? jobID : nil, observedAt: now,
+                                                         note: String(note.utf8.prefix(Gossip.Report.maxNoteBytes)) ?? "") {
+            do { _ = try node.gossip.publish(.report, payload: report.encode()) } catch { logger.debug("report not published: \(error)") }
+        }
+        scheduleRecompute()
+    }
+
+    /// Recomputes within a second (coalescing bursts of evidence into one recompute).
+    private func scheduleRecompute() {
+        if recomputing { recomputeAgain = true; return }
+        guard soonTimer == nil, !stopped else { return }
+        soonTimer = try? node.loop.schedule(after: .seconds(1)) { [unowned self] in
+            soonTimer = nil
+            recompute()
+        }
+    }
+
+    /// Recomputes every score on the queue and copies them to the loop.
+    func recompute(then done: (@Sendable () -> Void)? = nil) {
+        guard !stopped else { done?(); return }
+        recomputing = true
+        let me = node.identity.publicKey
+        let friends = self.friends
+        let now = self.now
+        let loop = node.loop
+        let logger = node.logger
+        queue.async { [ledger, self] in
+            var result: [PublicKey: Double] = [:]
+            do {
+                let keys = try ledger.peerKeys().filter { friends.contains(PeerID(publicKey: $0).hex) }
+                result = try ledger.recomputeReputation(me: me, friends: keys, now: now).mapValues(\.value)
+            } catch {
+                logger.error("reputation not recomputed: \(error)")
+            }
+            _ = loop.execute { [self, result] in
+                scores = result
+                recomputing = false
+                done?()
+                if recomputeAgain {
+                    recomputeAgain = false
+                    scheduleRecompute()
+                }
+            }
+        }
+    }
+}

@@ -63,11 +63,15 @@ public final class Ledger: Sendable {
     }
 
     /// Opens (creating, migrating) the ledger at `path`; a damaged file is a clear error.
-    public init(path: String) throws(Failure) {
+    public convenience init(path: String) throws(Failure) { try self.init(path: path, maxPageCount: nil) }
+
+    /// As `init(path:)`, with the database capped at `maxPageCount` pages (a full disk, for tests).
+    init(path: String, maxPageCount: Int?) throws(Failure) {
         self.path = path
         var config = Configuration()
         config.busyMode = .timeout(10)
         config.prepareDatabase { db in
+            if let maxPageCount { try db.execute(sql: "PRAGMA max_page_count = \(maxPageCount)") }
             try db.execute(sql: "PRAGMA synchronous = FULL")
             try db.execute(sql: "PRAGMA cache_size = -32768")  // 32 MiB: index pages stay cached while ingesting
         }

@@ -152,6 +152,29 @@ struct LedgerStoreTests {
         }
     }
 
+    @Test("a full disk is a clear error; what was stored before stays, and storing works again once there is room")
+    func diskFull() throws {
+        let path = Fixture.path("full")
+        defer { Fixture.remove(path) }
+        let p = SigningKey(), r = SigningKey()
+        let receipts = (0..<400).map { Fixture.receipt(provider: p, renter: r, job: UInt64($0)) }
+        var stored = 0
+        do {
+            let ledger = try Ledger(path: path, maxPageCount: 40)
+            var failure: Ledger.Failure?
+            for i in stride(from: 0, to: receipts.count, by: 20) {
+                do { stored += try ledger.ingest(Array(receipts[i..<i + 20]), source: .own, now: 1).stored }
+                catch { failure = error; break }
+            }
+            let f = try #require(failure, "40 pages held 400 receipts?")
+            #expect(f == .diskFull(path: path) && f.description.contains("full"))
+            #expect(stored > 0 && stored % 20 == 0)
+        }
+        let roomy = try Ledger(path: path)
+        #expect(try roomy.receipts().count == stored && roomy.verify().ok)
+        #expect(try roomy.ingest(receipts, source: .own, now: 2).stored == receipts.count - stored)
+    }
+
     @Test("export writes every receipt as a JSON line that imports back into a fresh ledger")
     func exportImport() throws {
         let a = Fixture.path("export-a"), b = Fixture.path("export-b"), out = Fixture.path("export") + ".jsonl"

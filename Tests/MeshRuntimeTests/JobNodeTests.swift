@@ -202,6 +202,11 @@ struct JobNodeTests {
             let viewOfA = await reputation(renter, of: a.identity.publicKey) ?? 0.5
             let viewOfB = await reputation(renter, of: b.identity.publicKey) ?? 0.5
             #expect(viewOfA < 0.5 && viewOfB > 0.5, "a \(viewOfA), b \(viewOfB)")
+            // find ranks and filters by that view.
+            let above = try await renter.find(CapabilityQuery(model: "rtx-4090", minReputation: viewOfB - 0.01, limit: 10), measureRTT: false)
+            #expect(above.offers.map(\.record.provider) == [b.identity.publicKey] && above.offers.first?.reputation == viewOfB)
+            let none = try await renter.find(CapabilityQuery(model: "rtx-4090", minReputation: min(1, viewOfB + 0.01), limit: 10), measureRTT: false)
+            #expect(none.offers.isEmpty)
         }
     }
 

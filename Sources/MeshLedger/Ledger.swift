@@ -181,6 +181,21 @@ public final class Ledger: Sendable {
                 ) WITHOUT ROWID;
                 """)
         }
+        m.registerMigration("v3-jobs") { db in
+            try db.execute(sql: """
+                CREATE TABLE jobs (
+                    id TEXT PRIMARY KEY,
+                    role TEXT NOT NULL,
+                    peer TEXT,
+                    state TEXT NOT NULL,
+                    receipt TEXT,
+                    created_at REAL NOT NULL,
+                    updated_at REAL NOT NULL,
+                    record TEXT NOT NULL
+                );
+                CREATE INDEX jobs_created ON jobs(created_at);
+                """)
+        }
         return m
     }
 
@@ -336,6 +351,66 @@ public final class Ledger: Sendable {
         try write { db in
             try db.execute(sql: "INSERT INTO experience (peer, role, outcome, job_id, at, note) VALUES (?, ?, ?, ?, ?, ?)",
                            arguments: [Data(peer.bytes), role, outcome.rawValue, jobID.map { Data($0) }, Int64(clamping: at), String(note.prefix(200))])
+        }
+    }
+
+    // MARK: Jobs
+
+    /// This peer's record of one of its jobs (either role): a few columns to query and the whole
+    /// record as the JSON its owner keeps.
+    public struct JobRow: Sendable, Equatable {
+        /// The job ID.
+        public var id: String
+        /// `renter` or `provider`.
+        public var role: String
+        /// The other side's peer ID.
+        public var peer: String?
+        /// The job's state.
+        public var state: String
+        /// The receipt ID (hex), once there is one.
+        public var receipt: String?
+        /// When the job was created (Unix seconds).
+        public var createdAt: Double
+        /// When it last changed (Unix seconds).
+        public var updatedAt: Double
+        /// The whole record (JSON).
+        public var record: String
+
+        /// A row.
+        public init(id: String, role: String, peer: String?, state: String, receipt: String?, createdAt: Double, updatedAt: Double, record: String) {
+            self.id = id
+            self.role = role
+            self.peer = peer
+            self.state = state
+            self.receipt = receipt
+            self.createdAt = createdAt
+            self.updatedAt = updatedAt
+            self.record = record
+        }
+    }
+
+    /// Stores (or replaces) job records in one transaction.
+    public func saveJobs(_ rows: [JobRow]) throws(Failure) {
+        guard !rows.isEmpty else { return }
+        try write { db in
+            let upsert = try db.cachedStatement(sql: """
+                INSERT INTO jobs (id, role, peer, state, receipt, created_at, updated_at, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET role = excluded.role, peer = excluded.peer, state = excluded.state, receipt = excluded.receipt,
+                    created_at = excluded.created_at, updated_at = excluded.updated_at, record = excluded.record
+                """)
+            for j in rows {
+                try upsert.execute(arguments: [j.id, j.role, j.peer, j.state, j.receipt, j.createdAt, j.updatedAt, j.record])
+            }
+        }
+    }
+
+    /// Every job record, oldest first.
+    public func jobs() throws(Failure) -> [JobRow] {
+        try read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM jobs ORDER BY created_at, id").map {
+                JobRow(id: $0["id"], role: $0["role"], peer: $0["peer"], state: $0["state"], receipt: $0["receipt"],
+                       createdAt: $0["created_at"], updatedAt: $0["updated_at"], record: $0["record"])
+            }
         }
     }
 

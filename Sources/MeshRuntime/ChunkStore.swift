@@ -95,13 +95,11 @@ final class ChunkStore: @unchecked Sendable {
         try result.get()
     }
 
-    /// Stops the store (loop thread): queued chunks are skipped and never reported; then, on the
-    /// queue, `directory` is removed if given.
-    func discard(removing directory: String?) {
+    /// Stops the store (loop thread): queued chunks are skipped and never reported. Whoever
+    /// removes the files afterwards does it on the queue, so after any write still running.
+    func discard() {
         cancelled.store(true, ordering: .relaxed)
         completions = []
         head = 0
-        guard let directory else { return }
-        queue.async { try? FileManager.default.removeItem(atPath: directory) }
     }
 }

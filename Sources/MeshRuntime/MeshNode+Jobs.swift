@@ -13,7 +13,7 @@ import MeshMarket
 /// only lets closures that hop back to the loop carry it.
 final class JobsService: @unchecked Sendable {
     unowned let node: MeshNode
-    /// `<data>/jobs`: logs and the job history.
+    /// `<data>/jobs`: job logs (finished jobs' records live in the ledger).
     let directory: String
     /// Provider work directories: `<data>/work`, or under the temp directory when running as root.
     let workRoot: String
@@ -21,7 +21,6 @@ final class JobsService: @unchecked Sendable {
     private var order: [String] = []
     private var providing: [ObjectIdentifier: ProviderJob] = [:]
     private var renting: [String: RenterJob] = [:]
-    private var historyHandle: FileHandle?
     private var stopped = false
     /// Where received chunks are checked and written, and job files removed: off the loop, in order.
     let io = DispatchQueue(label: "gpumesh.jobs.io")
@@ -44,17 +43,19 @@ final class JobsService: @unchecked Sendable {
         try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
         // Work directories left by a killed node hold nothing anyone will collect.
         for stale in (try? fm.contentsOfDirectory(atPath: workRoot)) ?? [] { try? fm.removeItem(atPath: workRoot + "/" + stale) }
+        // Finished jobs from the ledger; a history.jsonl kept by an older node moves in once.
         let history = directory + "/history.jsonl"
         if let text = try? String(contentsOfFile: history, encoding: .utf8) {
-            for line in text.split(separator: "\n") {
-                guard let info = try? JSONDecoder().decode(JobInfo.self, from: Data(line.utf8)) else { continue }
-                if infos[info.id] == nil { order.append(info.id) }
-                infos[info.id] = info
-            }
+            let old = text.split(separator: "\n").compactMap { try? JSONDecoder().decode(JobInfo.self, from: Data($0.utf8)) }
+            for info in old { node.ledger.save(info) }
+            node.ledger.waitForWrites()
+            try? fm.moveItem(atPath: history, toPath: history + ".imported")
         }
-        if !fm.fileExists(atPath: history) { _ = fm.createFile(atPath: history, contents: nil) }
-        historyHandle = FileHandle(forWritingAtPath: history)
-        _ = try? historyHandle?.seekToEnd()
+        for row in (try? node.ledger.ledger.jobs()) ?? [] {
+            guard let info = try? JSONDecoder().decode(JobInfo.self, from: Data(row.record.utf8)) else { continue }
+            if infos[info.id] == nil { order.append(info.id) }
+            infos[info.id] = info
+        }
     }
 
     var now: UInt64 { MeshNode.wallClockMilliseconds() }
@@ -64,8 +65,6 @@ final class JobsService: @unchecked Sendable {
         for job in Array(renting.values) { if job.session != nil { driveRenter(job, job.session!.cancel("the renter's node stopped")) } }
         // A running job's session asks for the kill itself.
         for job in Array(providing.values) { driveProvider(job, job.session.cancel("the provider's node stopped")) }
-        try? historyHandle?.close()
-        historyHandle = nil
         if getuid() == 0 { try? FileManager.default.removeItem(atPath: workRoot) }
     }
 
@@ -81,9 +80,7 @@ final class JobsService: @unchecked Sendable {
         body(&info)
         info.updatedAt = Date().timeIntervalSince1970
         infos[id] = info
-        if info.isFinished, let line = try? JSONEncoder().encode(info) {
-            try? historyHandle?.write(contentsOf: line + Data("\n".utf8))
-        }
+        if info.isFinished { node.ledger.save(info) }
     }
 
     /// Jobs, newest first.
@@ -358,7 +355,7 @@ final class JobsService: @unchecked Sendable {
         job.closed = true
         job.timer?.cancel()
         job.sender?.stop()
-        job.store?.discard(removing: nil)
+        job.store?.discard()
         job.store = nil
         job.channel.close()
         if let id = job.id {
@@ -663,8 +660,12 @@ final class JobsService: @unchecked Sendable {
                        let e = Self.experience(of: f, agreed: session.quote != nil, finished: session.finish != nil, asProvider: false) {
                         node.ledger.experienced(e, peer: session.provider, role: "provider", jobID: session.jobID, note: f.note)
                     }
-                    job.store?.discard(removing: job.partialDirectory)
+                    // Removed before the failure is reported (after any write still queued): a
+                    // failed attempt leaves no half-written output behind.
+                    job.store?.discard()
                     job.store = nil
+                    let partial = job.partialDirectory
+                    io.sync { try? FileManager.default.removeItem(atPath: partial) }
                     job.readingPaused = false
                     job.lastFailure = "\(f.reason): \(f.note)"
                     job.session = nil

@@ -62,6 +62,9 @@ final class LedgerService: @unchecked Sendable {
 
     private var now: UInt64 { MeshNode.wallClockMilliseconds() }
 
+    /// Waits until everything queued so far is stored.
+    func waitForWrites() { queue.sync {} }
+
     /// This node's view of `peer` (nil: no evidence yet).
     func reputation(_ peer: PublicKey) -> Double? { scores[peer] }
 
@@ -136,6 +139,17 @@ final class LedgerService: @unchecked Sendable {
             do { _ = try node.gossip.publish(.report, payload: report.encode()) } catch { logger.debug("report not published: \(error)") }
         }
         scheduleRecompute()
+    }
+
+    /// Keeps a finished job's record (on the queue; the job list in memory is the live view).
+    func save(_ info: JobInfo) {
+        guard let json = try? JSONEncoder().encode(info) else { return }
+        let row = Ledger.JobRow(id: info.id, role: info.role, peer: info.peer, state: info.state, receipt: info.receipt,
+                                createdAt: info.createdAt, updatedAt: info.updatedAt, record: String(decoding: json, as: UTF8.self))
+        let logger = node.logger
+        queue.async { [ledger] in
+            do { try ledger.saveJobs([row]) } catch { logger.error("job record not stored: \(error)") }
+        }
     }
 
     /// Recomputes within a second (coalescing bursts of evidence into one recompute).

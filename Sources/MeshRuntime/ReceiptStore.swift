@@ -4,8 +4,8 @@ import MeshMarket
 import Glibc
 #endif
 
-/// This peer's own co-signed receipts, in an append-only file until the ledger's database takes
-/// them over: each record is `length (4, big-endian) | receipt wire form`, flushed to disk
+/// The receipts log nodes kept before the ledger (`receipts.log`), now only read once at start
+/// and imported into the ledger: each record is `length (4, big-endian) | receipt wire form`, flushed to disk
 /// (`fsync`) before `append` returns. A torn last record (a crash mid-write) is cut off when the
 /// file is opened; a record that does not verify is skipped and counted.
 public final class ReceiptStore: @unchecked Sendable {

@@ -191,3 +191,25 @@ final class LedgerService: @unchecked Sendable {
         }
     }
 }
+
+extension MeshNode {
+    /// What this node's ledger holds (from any thread).
+    public func ledgerCounts() throws -> Ledger.Counts {
+        do { return try ledger.ledger.counts() } catch { throw NodeError.ledger("\(error)") }
+    }
+
+    /// Recomputes this node's reputation view now and returns it (from any thread).
+    public func recomputeReputation() async -> [PublicKey: Double] {
+        await withCheckedContinuation { (c: CheckedContinuation<[PublicKey: Double], Never>) in
+            let accepted = loop.execute { [self] in
+                ledger.recompute { [self] in _ = loop.execute { [self] in c.resume(returning: ledger.scores) } }
+            }
+            if !accepted { c.resume(returning: [:]) }
+        }
+    }
+
+    /// Reward points computed from the receipts this node holds (from any thread; nothing stored).
+    public func rewardPoints(epoch: UInt64? = nil) throws -> [Rewards.Entry] {
+        do { return Rewards.compute(try ledger.ledger.rewardFacts(), epoch: epoch) } catch { throw NodeError.ledger("\(error)") }
+    }
+}

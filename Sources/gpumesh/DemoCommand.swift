@@ -13,15 +13,20 @@ extension GPUMesh {
             abstract: "Run a small local mesh in one process and narrate what the peers did.",
             discussion: """
             Starts --nodes peers (fresh identities, 127.0.0.1, free ports) on --loops shared event loops,
-            in a private mesh with a fresh mesh key. Every peer pings every other with sealed
-            datagrams, asks its neighbour for its contact (proving its address with a cookie), and
-            opens a Noise channel to it that proves both identities and echoes a message. Then it
-            prints what happened and stops everything. Exit status 0 when everything succeeded.
+            in a private mesh with a fresh mesh key. Act one: every peer pings every other with sealed
+            datagrams, asks its neighbour for its contact (proving its address with a cookie), opens a
+            Noise channel to it that proves both identities, and joins the DHT. Act two (4 peers or
+            more): peers #2 and up provide simulated GPUs of mixed models; renters #0 and #1 find
+            providers by model and VRAM, run real sandboxed jobs with inputs and outputs, and
+            countersign receipts; the receipts spread by gossip, and three peers show the reputation
+            and points they compute from them. Exit status 0 when everything succeeded; with --keep
+            the mesh stays up until Ctrl-C and peer #0 answers other commands.
             """)
 
-        @Option(help: "Number of peers (2...64).") var nodes = 8
+        @Option(help: "Number of peers (2...64).") var nodes = 16
+        @Flag(help: "Leave the mesh running after the story (until Ctrl-C) and print how to reach it.") var keep = false
         @Option(help: "Number of event loops the peers share (1...8).") var loops = 2
-        @Option(help: ArgumentHelp("Log level.", valueName: "level")) var logLevel = "warning"
+        @Option(help: ArgumentHelp("Log level.", valueName: "level")) var logLevel = "error"
         @Flag(help: "Print the result as JSON.") var json = false
 
         func validate() throws {
@@ -45,9 +50,18 @@ extension GPUMesh {
             config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
             config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
             var peers: [MeshNode] = []
+            // With --keep, peer #0 gets a data directory with its key and a control socket, so
+            // other gpumesh commands can be pointed at it.
+            let keepDir = NSTemporaryDirectory() + "gpumesh-demo-" + Hex.encode(SecureRandom.bytes(4)) + "/peer0"
             for i in 0..<nodes {
-                let node = try await MeshNode.start(on: eventLoops[i % loops],
-                                                    options: .init(identity: SigningKey(), config: config, meshKey: meshKey, logger: logger))
+                var options = MeshNode.Options(identity: SigningKey(), config: config, meshKey: meshKey, logger: logger)
+                if keep && i == 0 {
+                    try FileManager.default.createDirectory(atPath: keepDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                    do { try KeyFile.write(options.identity, to: keepDir + "/identity.key") } catch { throw CLIError("\(error)") }
+                    options.dataDirectory = keepDir
+                    options.controlSocketPath = keepDir + "/node.sock"
+                }
+                let node = try await MeshNode.start(on: eventLoops[i % loops], options: options)
                 // Each peer echoes what arrives on channels opened to it.
                 try await node.loop.submit { node.serve(ChannelService.echo) { ch in ch.setMessageHandler { ch.send($0) } } }
                 peers.append(node)
@@ -141,36 +155,53 @@ extension GPUMesh {
                     else { problems.append("#\(i) dht: did not read #1's record") }
                 }
             }
+            rtts.sort()
+            if !json {
+                print("act one: every peer pinged the \(nodes - 1) others with sealed datagrams, then asked its neighbour for")
+                print("its contact and opened a Noise channel to it:")
+                for (i, p) in peers.enumerated() {
+                    let ok = reached[i] == nodes - 1 && infoOK[i] && channelOK[i]
+                    print("  \(ok ? "ok " : "!! ")#\(i) \(p.peerID.short) reached \(reached[i])/\(nodes - 1) peers; to #\((i + 1) % nodes): contact \(infoOK[i] ? "received" : "FAILED"), channel \(channelOK[i] ? "proved its identity and echoed" : "FAILED")")
+                }
+                print(String(format: "  probes: %d/%d answered by the peer the contact names; RTT p50 %.3f ms, p99 %.3f ms, max %.3f ms",
+                             reached.reduce(0, +), outcomes.count, percentile(rtts, 0.5) ?? 0, percentile(rtts, 0.99) ?? 0, rtts.last ?? 0))
+                print("  dht: \(dhtJoined)/\(nodes) peers joined through #0; #1 signed a record under \"demo/hello\", \(readers)/\(max(nodes - 1, 0)) others read it back (at most \(lookupHops.max() ?? 0) hop\(lookupHops.max() == 1 ? "" : "s"))")
+                print("")
+            }
+            var market: DemoMarket?
+            if nodes >= 4 {
+                market = try await DemoMarket.run(peers, say: { if !json { print($0) } }, problems: &problems)
+                if !json { print("") }
+            }
             var totals: [String: Int] = [:]
             for p in peers {
                 for (name, value) in try await p.status().counters { totals[name, default: 0] += value }
             }
+            if keep {
+                if !json {
+                    print("the mesh stays up (Ctrl-C stops it); peer #0 answers other commands:")
+                    for c in ["status", "peers", "find --gpu rtx-4090", "jobs", "reputation", "rewards", "ledger status"] {
+                        print("  gpumesh \(c) --data-dir \(keepDir)")
+                    }
+                    flushOutput()
+                }
+                await waitForInterrupt()
+            }
             for p in peers { await p.stop() }
+            if keep { try? FileManager.default.removeItem(atPath: (keepDir as NSString).deletingLastPathComponent) }
 
-            rtts.sort()
             let summary = DemoSummary(
                 peers: nodes, loops: loops, mesh: meshKey.fingerprint, probes: outcomes.count, probesAnswered: reached.reduce(0, +),
                 infoRequests: nodes, infoAnswered: infoOK.filter { $0 }.count,
                 channels: nodes, channelsVerified: channelOK.filter { $0 }.count,
                 rttMsP50: percentile(rtts, 0.5) ?? 0, rttMsP99: percentile(rtts, 0.99) ?? 0, rttMsMax: rtts.last ?? 0,
                 dhtJoined: dhtJoined, dhtRecordReaders: readers, dhtLookupHopsMax: lookupHops.max() ?? 0,
-                seconds: Date().timeIntervalSince(started), counters: totals, problems: problems)
+                market: market, seconds: Date().timeIntervalSince(started), counters: totals, problems: problems)
             if json {
                 try printJSON(summary)
             } else {
-                print("each peer pinged the \(nodes - 1) others with sealed datagrams, then asked its neighbour for its")
-                print("contact and opened a Noise channel to it:")
-                for (i, p) in peers.enumerated() {
-                    let ok = reached[i] == nodes - 1 && infoOK[i] && channelOK[i]
-                    print("  \(ok ? "ok " : "!! ")#\(i) \(p.peerID.short) reached \(reached[i])/\(nodes - 1) peers; to #\((i + 1) % nodes): contact \(infoOK[i] ? "received" : "FAILED"), channel \(channelOK[i] ? "proved its identity and echoed" : "FAILED")")
-                }
-                print("")
-                print(String(format: "probes: %d/%d answered by the peer the contact names; RTT p50 %.3f ms, p99 %.3f ms, max %.3f ms",
-                             summary.probesAnswered, summary.probes, summary.rttMsP50, summary.rttMsP99, summary.rttMsMax))
                 let dropped = totals.filter { $0.key.hasPrefix("datagrams_dropped_") }.values.reduce(0, +)
                 print("datagrams: \(totals["datagrams_out"] ?? 0) sent, \(totals["datagrams_in"] ?? 0) received, \(dropped) dropped; \(totals["cookie_challenges_sent"] ?? 0) cookie challenges")
-                print("channels: \(summary.channelsVerified)/\(nodes) proved both identities and echoed")
-                print("dht: \(dhtJoined)/\(nodes) peers joined through #0; #1 signed a record under \"demo/hello\", \(readers)/\(max(nodes - 1, 0)) others read it back (at most \(summary.dhtLookupHopsMax) hop\(summary.dhtLookupHopsMax == 1 ? "" : "s"))")
                 for p in problems { print("problem: \(p)") }
                 print(String(format: "done in %.2f s; every peer stopped, nothing left running.", summary.seconds))
             }
@@ -196,6 +227,7 @@ struct DemoSummary: Encodable {
     var dhtJoined: Int
     var dhtRecordReaders: Int
     var dhtLookupHopsMax: Int
+    var market: DemoMarket?
     var seconds: Double
     var counters: [String: Int]
     var problems: [String]
@@ -204,10 +236,37 @@ struct DemoSummary: Encodable {
         case peers, loops, mesh, probes, probesAnswered = "probes_answered", infoRequests = "info_requests"
         case infoAnswered = "info_answered", channels, channelsVerified = "channels_verified", rttMsP50 = "rtt_ms_p50", rttMsP99 = "rtt_ms_p99", rttMsMax = "rtt_ms_max"
         case dhtJoined = "dht_joined", dhtRecordReaders = "dht_record_readers", dhtLookupHopsMax = "dht_lookup_hops_max"
-        case seconds, counters, problems
+        case market, seconds, counters, problems
     }
 }
 
+
+/// Returns when the process gets SIGINT or SIGTERM.
+func waitForInterrupt() async {
+    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        let once = OnceFlag()
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { if once.take() { c.resume() } }
+            source.resume()
+            sources.append(source)
+        }
+        once.hold(sources.map { $0 as AnyObject })
+    }
+}
+
+/// A flag set once from any thread (and the signal sources that may set it, kept alive).
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var set = false
+    private var held: [AnyObject] = []
+    /// True for the first caller only.
+    func take() -> Bool { lock.withLock { defer { set = true }; return !set } }
+    /// Keeps `objects` alive as long as the flag.
+    func hold(_ objects: [AnyObject]) { lock.withLock { held += objects } }
+}
 
 extension Result where Failure == Error {
     /// Captures an async throwing call's outcome.

@@ -573,6 +573,29 @@ struct CLITests {
         #expect(s["dht_record_readers"] as? Int == 5)
         #expect((s["mesh"] as? String)?.count == 16, "a fresh private mesh")
         #expect((s["problems"] as? [Any])?.isEmpty == true)
+        // Act two: found providers, jobs that ran, receipts spread, points that agree.
+        let market = try #require(s["market"] as? [String: Any])
+        if market["sandbox"] as? Bool == true {
+            let finds = try #require(market["finds"] as? [[String: Any]])
+            #expect(finds.count == 2 && finds.allSatisfy { ($0["offers"] as? [Int])?.isEmpty == false })
+            #expect((finds.first?["offers"] as? [Int]) == [2])  // the one h100 provider among peers #2-#5
+            let jobs = try #require(market["jobs"] as? [[String: Any]])
+            #expect(jobs.count == 4 && jobs.allSatisfy { $0["state"] as? String == "completed" && $0["output_ok"] as? Bool == true && $0["receipt"] is String })
+            #expect(Set(jobs.compactMap { $0["provider"] as? Int }) == [2, 3])
+            let views = try #require(market["views"] as? [[String: Any]])
+            #expect(views.count == 3 && views.allSatisfy { $0["receipts_held"] as? Int == 4 })
+            #expect(market["points_agree"] as? Bool == true)
+            #expect(market["receipts_spread_ms"] is Double)
+        } else {
+            #expect((market["skipped"] as? String)?.contains("sandbox") == true)
+        }
+        let full = try run(["demo"], timeout: 120)
+        #expect(full.status == 0, "\(full.stdout)\(full.stderr)")
+        if !full.stdout.contains("jobs: skipped") {
+            for phrase in ["renter #0 looked for h100-80gb", "sandboxed, output verified", "co-signed receipts reached", "points agree exactly"] {
+                #expect(full.stdout.contains(phrase), "\(phrase)")
+            }
+        }
         let text = try run(["demo", "--nodes", "3"], timeout: 120)
         #expect(text.status == 0)
         #expect(text.stdout.contains("reached 2/2 peers"))

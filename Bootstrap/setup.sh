@@ -17,6 +17,7 @@ packages=(
   "pkg-config:lets SwiftPM find libuv and libsodium"
   "bubblewrap:the sandbox job executor"
   "util-linux:prlimit and setpriv, the sandbox's limits and unprivileged user"
+  "iproute2:network namespaces for Bootstrap/netns-mesh.sh and its test"
 )
 
 say() { [ "${GPUMESH_SETUP_QUIET:-0}" = 1 ] || echo "setup: $*"; }

@@ -203,8 +203,9 @@ public enum Reputation {
             if net > 0 { rows[me].append((j, net)) }
         }
         for i in 0..<n {
+            rows[i].sort { $0.0 < $1.0 }  // first: float sums in a fixed order, whatever the dictionary's
             let total = rows[i].reduce(0) { $0 + $1.1 }
-            rows[i] = total > 0 ? rows[i].map { ($0.0, $0.1 / total) }.sorted { $0.0 < $1.0 } : []
+            rows[i] = total > 0 ? rows[i].map { ($0.0, $0.1 / total) } : []
         }
         // Pre-trusted distribution.
         let pre = Array(Set([me] + evidence.friends.map { index[$0]! })).sorted()

@@ -16,6 +16,8 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case datagramsOut = "datagrams_out"
     /// Sends the socket refused or dropped.
     case datagramsSendFailed = "datagrams_send_failed"
+    /// Outgoing datagrams dropped on purpose by the testnet's injected loss.
+    case datagramsDroppedInjected = "datagrams_dropped_injected"
     /// Datagrams dropped: shorter than a sealed header.
     case droppedTooShort = "datagrams_dropped_too_short"
     /// Datagrams dropped: not wire version 1.
@@ -158,6 +160,23 @@ public enum NodeError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// Loss and delay a testnet injects into a node's outgoing datagrams.
+public struct Impairment: Sendable, Equatable {
+    /// The share of datagrams dropped (0 to 1).
+    public var lossRate: Double
+    /// Delay added to every datagram, milliseconds.
+    public var delayMilliseconds: Int
+    /// Seeds the generator that draws the losses.
+    public var seed: UInt64
+
+    /// An impairment.
+    public init(lossRate: Double, delayMilliseconds: Int, seed: UInt64) {
+        self.lossRate = lossRate
+        self.delayMilliseconds = delayMilliseconds
+        self.seed = seed
+    }
+}
+
 /// A node's status, as `node.status` returns it over the control socket.
 public struct NodeStatus: Codable, Sendable, Equatable {
     /// The node's peer ID (hex).
@@ -234,6 +253,9 @@ public final class MeshNode: @unchecked Sendable {
         /// DHT tunables; nil takes the defaults, with the IP-prefix diversity limit off when the
         /// node advertises a loopback address (a loopback testnet has one prefix).
         public var dhtSettings: Kademlia.Settings?
+        /// Loss and delay injected into this node's outgoing datagrams (testnets: the kernel here
+        /// has no netem); nil: none.
+        public var impairment: Impairment?
 
         /// Makes options.
         public init(identity: SigningKey, config: NodeConfig, meshKey: MeshKey = .publicMesh,
@@ -274,6 +296,9 @@ public final class MeshNode: @unchecked Sendable {
     private let channelIdentity: ChannelIdentity
     private let channelSettings: SecureChannel.Settings
     private let sealer: DatagramSealer
+    /// Injected loss and delay, and the seeded generator that draws them (loop thread).
+    private let impairment: Impairment?
+    private var impairmentRNG: SplitMix64
     private let cookies: AddressCookies
     private var provenAddresses = LRUCache<SocketAddress, UInt64>(capacity: 4096)
     /// Remote hosts already logged as using another mesh key: said once, at debug level.
@@ -359,6 +384,8 @@ public final class MeshNode: @unchecked Sendable {
         metrics = NodeCounter.allCases.map { Counter(label: "gpumesh_\($0.rawValue)_total", dimensions: [("peer", id.short)]) }
         channelIdentity = ChannelIdentity(options.identity)
         channelSettings = options.channelSettings
+        impairment = options.impairment
+        impairmentRNG = SplitMix64(seed: options.impairment?.seed ?? 0)
         sealer = DatagramSealer(identity: options.identity, meshKey: options.meshKey, settings: options.datagramSettings,
                                 now: Self.wallClockMilliseconds, random: SecureRandom.bytes)
         cookies = AddressCookies(secret: SecureRandom.secret(32), now: Self.wallClockMilliseconds)
@@ -613,11 +640,24 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func sendBody(_ body: [UInt8], to peer: PublicKey, at address: SocketAddress, cookie: [UInt8]?) {
-        guard let datagram = sealer.seal(body, to: peer, cookie: cookie), udp.send(datagram, to: address) else {
+        guard let datagram = sealer.seal(body, to: peer, cookie: cookie) else {
             bump(.datagramsSendFailed)
             return
         }
-        bump(.datagramsOut)
+        if let impairment {
+            if impairment.lossRate > 0, Double(impairmentRNG.next() >> 11) / Double(1 << 53) < impairment.lossRate {
+                bump(.datagramsDroppedInjected)
+                return
+            }
+            if impairment.delayMilliseconds > 0 {
+                _ = try? loop.schedule(after: .milliseconds(impairment.delayMilliseconds)) { [weak self] in
+                    guard let self, !stopped else { return }
+                    bump(udp.send(datagram, to: address) ? .datagramsOut : .datagramsSendFailed)
+                }
+                return
+            }
+        }
+        bump(udp.send(datagram, to: address) ? .datagramsOut : .datagramsSendFailed)
     }
 
     private func request(_ kind: PendingRequest.Kind, _ contact: Contact, timeout: Duration,

@@ -41,10 +41,21 @@ struct RunResult {
     var stderr: String
 }
 
+/// True when this process may create network namespaces (root with iproute2).
+let networkNamespacesWork: Bool = {
+    guard getuid() == 0, let r = try? runProgram("/usr/bin/env", ["sh", "-c", "ip netns add gmprobe$$ && ip netns del gmprobe$$"], timeout: 10) else { return false }
+    return r.status == 0
+}()
+
 /// Runs the binary to completion with a time limit.
 func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60) throws -> RunResult {
+    try runProgram(gpumeshBinary, arguments, environment: environment, timeout: timeout)
+}
+
+/// Runs a program to completion with a time limit.
+func runProgram(_ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60) throws -> RunResult {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: gpumeshBinary)
+    p.executableURL = URL(fileURLWithPath: program)
     p.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     env["GPUMESH_HOME"] = nil
@@ -489,6 +500,101 @@ struct CLITests {
         }
         #expect((o["roundtrip_ms_p99"] as? Double ?? 0) >= (o["roundtrip_ms_p50"] as? Double ?? 1))
         #expect(o["jobs"] as? Int == 3)
+    }
+
+    @Test("netns-mesh.sh brings up nodes in separate network namespaces that find each other, and down removes everything",
+          .enabled(if: networkNamespacesWork, "network namespaces need root and iproute2 (ip netns add failed or ip is missing)"))
+    func netnsMesh() throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Bootstrap/netns-mesh.sh").path
+        let prefix = "gmt" + String(UUID().uuidString.prefix(4)).lowercased()
+        let state = "/tmp/\(prefix)-state"
+        let env = ["GPUMESH_BIN": gpumeshBinary, "GPUMESH_NETNS_PREFIX": prefix, "GPUMESH_NETNS_STATE": state]
+        func sh(_ args: [String]) throws -> RunResult { try runProgram("/bin/bash", [script] + args, environment: env, timeout: 120) }
+        let up = try sh(["up", "3"])
+        defer { _ = try? sh(["down"]) }
+        #expect(up.status == 0, "\(up.stdout)\(up.stderr)")
+        #expect(up.stdout.contains("udp:10.77.0.1:7400"))
+        // Every node ends up knowing the two others, over addresses inside the namespaces.
+        var known: [Int] = []
+        for _ in 0..<100 {
+            let status = try sh(["status"])
+            known = status.stdout.split(separator: "\n").compactMap { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["dht_peers"] as? Int
+            }
+            if known.count == 3 && known.allSatisfy({ $0 >= 2 }) { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(known == [2, 2, 2], "routing-table sizes \(known)")
+        let down = try sh(["down"])
+        #expect(down.status == 0)
+        let namespaces = try runProgram("/usr/bin/env", ["ip", "netns", "list"], timeout: 10)
+        #expect(!namespaces.stdout.contains(prefix), "namespaces left: \(namespaces.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: state))
+        #expect(try sh(["up", "1"]).stderr.contains("N from 2 to 200"))
+    }
+
+    @Test("testnet: 30 real peers for 20 s under churn and loss produce a report whose counts add up; bad arguments get precise errors")
+    func testnet() throws {
+        let home = try tempDataDir()
+        #expect(try run(["init", "--data-dir", home]).status == 0)
+        let dir = (home as NSString).deletingLastPathComponent
+        let offer = try json(try run(["offer", "show", "--data-dir", home, "--simulate-gpus", "1x rtx-4090", "--json"]).stdout)
+        let sandbox = (offer["executors"] as? [String])?.contains("sandbox") == true
+        let r = try run(["testnet", "--peers", "30", "--duration", "20s", "--churn", "0.2", "--loss", "0.01", "--jobs-per-min", sandbox ? "6" : "0",
+                         "--report", dir + "/report.json"], timeout: 240)
+        #expect(r.status == 0, "\(r.stderr)")
+        let data = try #require(FileManager.default.contents(atPath: dir + "/report.json"))
+        let o = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let l = try #require(o["lookups"] as? [String: Any]), g = try #require(o["gossip"] as? [String: Any])
+        let j = try #require(o["jobs"] as? [String: Any]), c = try #require(o["churn"] as? [String: Any]), led = try #require(o["ledger"] as? [String: Any])
+        func int(_ d: [String: Any], _ k: String) -> Int { d[k] as? Int ?? -1 }
+        #expect(int(l, "lookups") == int(l, "succeeded") + int(l, "failed") && int(l, "lookups") >= 40)
+        #expect((l["success"] as? Double ?? 0) >= 0.9, "\(l)")
+        #expect(int(g, "messages") >= 15 && int(g, "deliveries") <= int(g, "expected_deliveries") && (g["coverage"] as? Double ?? 0) >= 0.9)
+        #expect(int(j, "started") == int(j, "completed") + int(j, "failed") && int(j, "retried") <= int(j, "started"))
+        if sandbox { #expect(int(j, "started") >= 1 && int(j, "completed") >= 1, "\(j)") }
+        #expect(int(c, "left") == int(c, "joined") && int(c, "left") >= 1 && int(c, "live_at_end") == 30)
+        #expect(int(led, "peers_checked") == 30 && int(led, "peers_holding_all") <= 30 && int(led, "receipts") >= int(j, "completed"))
+        #expect(led["points_agree"] as? Bool == true)
+        #expect(((o["counters"] as? [String: Int])?["datagrams_dropped_injected"] ?? 0) > 0, "the injected loss dropped something")
+        for (bad, message) in [(["--duration", "soon"], "--duration must be 1s to 24h"), (["--peers", "1"], "--peers must be 2 to 500"),
+                               (["--loss", "0.9"], "--loss must be 0 to 0.5"), (["--gpus", "3x nonsense-gpu"], "--gpus")] {
+            let bad = try run(["testnet"] + bad)
+            #expect(bad.status != 0 && bad.stderr.contains(message), "\(bad.stderr)")
+        }
+    }
+
+    @Test("simulate: the same seed gives a byte-identical report whose figures add up; bad arguments get precise errors")
+    func simulate() throws {
+        let dir = try tempDataDir()
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let args = ["simulate", "--peers", "200", "--churn", "0.2", "--loss", "0.02", "--partition", "0.25", "--sybils", "0.1",
+                    "--lookups", "100", "--gossip-peers", "150", "--seed", "7"]
+        let a = try run(args + ["--report", dir + "/a.json"], timeout: 300)
+        let b = try run(args + ["--report", dir + "/b.json"], timeout: 300)
+        #expect(a.status == 0 && b.status == 0, "\(a.stderr)\(b.stderr)")
+        let ra = try #require(FileManager.default.contents(atPath: dir + "/a.json"))
+        #expect(ra == FileManager.default.contents(atPath: dir + "/b.json"))
+        let other = try run(Array(args.dropLast()) + ["8", "--report", dir + "/c.json"], timeout: 300)
+        #expect(other.status == 0 && FileManager.default.contents(atPath: dir + "/c.json") != ra, "another seed, another run")
+        let r = try #require(try JSONSerialization.jsonObject(with: ra) as? [String: Any])
+        let churn = try #require(r["churn"] as? [String: Any]), lookups = try #require(r["lookups"] as? [String: Any])
+        #expect(churn["left"] as? Int == churn["joined"] as? Int && churn["live"] as? Int == 200 && (churn["left"] as? Int ?? 0) > 30)
+        #expect(lookups["lookups"] as? Int == 100 && (lookups["succeeded"] as? Int ?? 101) <= 100 && (lookups["success"] as? Double ?? 0) >= 0.95)
+        let partition = try #require(r["partition"] as? [String: Any])
+        let during = try #require(partition["during_cross_lookups"] as? [String: Any]), healed = try #require(partition["after_heal"] as? [String: Any])
+        #expect(during["succeeded"] as? Int == 0, "no lookup crosses a partition")
+        #expect((healed["success"] as? Double ?? 0) >= 0.95, "lookups cross again once it heals")
+        let gossip = try #require(r["gossip"] as? [String: Any])
+        #expect((gossip["coverage_mean"] as? Double ?? 0) > 0.9 && (gossip["latency_ms_p50"] as? Double ?? 0) > 0)
+        let rep = try #require(r["reputation"] as? [String: Any])
+        #expect(rep["sybils_above_honest_median"] as? Int == 0 && (rep["sybils"] as? Int ?? 0) == 100)
+        for (bad, message) in [(["--churn", "2"], "--churn must be 0 to 1"), (["--peers", "1"], "--peers must be 2 to 100000"),
+                               (["--loss", "0.9"], "--loss must be 0 to 0.5"), (["--gossip-peers", "1"], "--gossip-peers")] {
+            let r = try run(["simulate"] + bad)
+            #expect(r.status != 0 && r.stderr.contains(message), "\(bad): \(r.stderr)")
+        }
     }
 
     @Test("bench ledger --json prints ingest against the signature floor, recompute, rewards and size")

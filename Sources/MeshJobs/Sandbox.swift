@@ -216,6 +216,27 @@ public enum Sandbox {
         }
         return n
     }
+
+    /// The descendants of `pid` now (from each /proc/PID/stat's parent field), nearest first.
+    public static func descendants(of pid: pid_t) -> [pid_t] {
+        var children: [pid_t: [pid_t]] = [:]
+        for e in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] where e.first?.isNumber == true {
+            guard let stat = try? String(contentsOfFile: "/proc/\(e)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { continue }
+            // "pid (comm) state ppid ...": the name may hold spaces or parentheses, so read after the last ')'.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 1, let ppid = pid_t(fields[1]), let child = pid_t(e) else { continue }
+            children[ppid, default: []].append(child)
+        }
+        var out: [pid_t] = []
+        var frontier = [pid]
+        while let p = frontier.popLast() {
+            for c in children[p] ?? [] where !out.contains(c) {
+                out.append(c)
+                frontier.append(c)
+            }
+        }
+        return out
+    }
 }
 
 /// How a job's process ended.
@@ -349,7 +370,13 @@ public final class JobProcess: @unchecked Sendable {
 
     private func kill() {
         let pid = process.processIdentifier
-        if pid > 0 && process.isRunning { Glibc.kill(pid, SIGKILL) }
+        guard pid > 0 && process.isRunning else { return }
+        // bwrap's child arms "die with parent" only once it runs: killed in the instant after the
+        // fork, the parent would leave it behind (seen under load). So its descendants go too;
+        // once the sandbox's init dies, the kernel ends everything in its PID namespace.
+        let descendants = Sandbox.descendants(of: pid)
+        Glibc.kill(pid, SIGKILL)
+        for d in descendants { Glibc.kill(d, SIGKILL) }
     }
 }
 

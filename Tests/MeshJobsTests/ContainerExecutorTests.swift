@@ -32,3 +32,28 @@ struct ContainerExecutorTests {
         #expect(Sandbox.gpuDevices(dev: dev) == [dev + "/nvidia-uvm", dev + "/nvidia0", dev + "/nvidiactl", dev + "/dri/renderD128"])
     }
 }
+
+@Suite("Process trees")
+struct ProcessTreeTests {
+    @Test("descendants lists a process's children and grandchildren from /proc")
+    func descendants() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        let marker = "\(Int.random(in: 100...999))"
+        p.arguments = ["-c", "sh -c 'sleep 31.\(marker); true' & sleep 32.\(marker) & wait"]
+        try p.run()
+        defer { if p.isRunning { p.terminate() } }
+        var found: [pid_t] = []
+        for _ in 0..<200 {
+            found = Sandbox.descendants(of: p.processIdentifier)
+            if found.count >= 3 { break }  // the inner sh, its sleep, and the other sleep
+            usleep(10_000)
+        }
+        #expect(found.count == 3, "\(found)")
+        #expect(!found.contains(p.processIdentifier))
+        for d in found { kill(d, SIGKILL) }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        #expect(Sandbox.descendants(of: p.processIdentifier).isEmpty)
+    }
+}

@@ -38,7 +38,7 @@ private func rawControl(_ path: String, send: [UInt8], expect count: Int, on loo
     return out
 }
 
-@Suite("MeshNode", .timeLimit(.minutes(2)))
+@Suite("MeshNode", .timeLimit(.minutes(6)))
 struct NodeTests {
     @Test("two nodes sharing a loop ping each other with sealed datagrams and open a channel")
     func probes() async throws {

@@ -134,7 +134,7 @@ struct CLITests {
         #expect(FileManager.default.isExecutableFile(atPath: gpumeshBinary), "build it first: swift build")
         let r = try run(["--help"])
         #expect(r.status == 0)
-        for sub in ["init", "id", "node", "status", "peers", "dht", "mesh-key", "demo", "debug", "bench", "run", "jobs", "job"] { #expect(r.stdout.contains(sub)) }
+        for sub in ["init", "id", "node", "status", "peers", "dht", "mesh-key", "demo", "debug", "bench", "run", "jobs", "job", "reputation", "rewards", "ledger", "testnet", "simulate"] { #expect(r.stdout.contains(sub)) }
         #expect(try run(["--version"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines) == GPUMeshVersion.current)
     }
 

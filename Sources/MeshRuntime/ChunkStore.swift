@@ -38,9 +38,6 @@ final class ChunkStore: @unchecked Sendable {
         if fresh { queue.async { try? FileManager.default.removeItem(atPath: directory) } }
     }
 
-    /// True while chunks are queued.
-    var isBusy: Bool { head < completions.count }
-
     /// Queues one chunk (loop thread): it is written at `offset` into file `file` if it hashes to
     /// `hash`. `done` runs on the loop with true (written), false (it did not match; nothing
     /// written) or the write's failure, in submission order; never after `discard`.

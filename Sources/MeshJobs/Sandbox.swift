@@ -292,10 +292,15 @@ public final class JobProcess: @unchecked Sendable {
         job.process.standardInput = FileHandle.nullDevice
         // Plain pipes read by two threads with blocking reads: FileHandle's readability handlers
         // crashed libdispatch when the pipes closed under them.
+        // Every end close-on-exec from the start (the child gets the write ends as its stdout and
+        // stderr through dup2, which clears the flag): a process another thread spawns meanwhile
+        // must not inherit a write end, or this job's output would not end until that one did
+        // (seen: a sandbox test waited two minutes on a testnet started beside it).
         var fds: [Int32] = [0, 0, 0, 0]
+        // (pipe2 is not in Swift's Glibc module: set the flag at once; the window is a few instructions.)
         guard pipe(&fds[0]) == 0 else { throw POSIXError(.EMFILE) }
         guard pipe(&fds[2]) == 0 else { close(fds[0]); close(fds[1]); throw POSIXError(.EMFILE) }
-        for fd in [fds[0], fds[2]] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         job.process.standardOutput = FileHandle(fileDescriptor: fds[1], closeOnDealloc: false)
         job.process.standardError = FileHandle(fileDescriptor: fds[3], closeOnDealloc: false)
         job.readers = [(fds[0], Stream.stdout), (fds[2], Stream.stderr)]

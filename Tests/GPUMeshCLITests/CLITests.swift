@@ -61,7 +61,7 @@ func runProgram(_ program: String, _ arguments: [String], environment: [String: 
     env["GPUMESH_HOME"] = nil
     for (k, v) in environment { env[k] = v }
     p.environment = env
-    let out = Pipe(), err = Pipe()
+    let out = closeOnExecPipe(), err = closeOnExecPipe()
     p.standardOutput = out
     p.standardError = err
     try p.run()
@@ -79,6 +79,15 @@ func runProgram(_ program: String, _ arguments: [String], environment: [String: 
     group.wait()
     return RunResult(status: p.terminationStatus, stdout: String(decoding: outData.value, as: UTF8.self),
                      stderr: String(decoding: errData.value, as: UTF8.self))
+}
+
+/// A pipe whose ends no other child inherits: Foundation's are inheritable, so a long-lived
+/// process spawned by another test meanwhile would hold this one's write end and delay its
+/// end-of-file until it exited. (The child still gets the ends it is given, through dup2.)
+func closeOnExecPipe() -> Pipe {
+    let p = Pipe()
+    for fd in [p.fileHandleForReading.fileDescriptor, p.fileHandleForWriting.fileDescriptor] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    return p
 }
 
 final class Box<T>: @unchecked Sendable {
@@ -105,7 +114,7 @@ final class Background {
     init(_ arguments: [String]) throws {
         process.executableURL = URL(fileURLWithPath: gpumeshBinary)
         process.arguments = arguments
-        let out = Pipe()
+        let out = closeOnExecPipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
         try process.run()
@@ -209,7 +218,7 @@ struct CLITests {
         let node = Process()
         node.executableURL = URL(fileURLWithPath: gpumeshBinary)
         node.arguments = ["node", "--data-dir", dir, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--log-level", "warning"]
-        let out = Pipe()
+        let out = closeOnExecPipe()
         node.standardOutput = out
         node.standardError = FileHandle.nullDevice
         try node.run()
@@ -453,7 +462,7 @@ struct CLITests {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: gpumeshBinary)
         p.arguments = ["ledger", "ingest-test", "--db", db, "--count", "10000", "--batch", "50"]
-        let out = Pipe()
+        let out = closeOnExecPipe()
         p.standardOutput = out
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -783,7 +792,7 @@ struct CLITests {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             p.arguments = ["python3", interopScript] + args
-            let out = Pipe()
+            let out = closeOnExecPipe()
             p.standardOutput = out
             try p.run()
             let data = out.fileHandleForReading.readDataToEndOfFile()

@@ -13,9 +13,13 @@ import Synchronization
 /// (`onChunkStored`). The queue is the jobs service's one I/O queue, so whatever a store does is
 /// ordered with whatever the service queued before it (removing an earlier attempt's files).
 ///
-/// Confinement: `completions` and `queuedBytes` belong to the loop; `writer` belongs to the queue.
+/// The store also paces the channel the chunks arrive on: it stops reading above `highWater`
+/// queued bytes and reads again below `lowWater`, so TCP slows the sender.
+///
+/// Confinement: `completions`, `queuedBytes` and `readingPaused` belong to the loop; `writer`
+/// belongs to the queue.
 final class ChunkStore: @unchecked Sendable {
-    /// Queued bytes over which the shell should stop reading the channel.
+    /// Queued bytes over which the store stops reading the channel.
     static let highWater = 8 << 20
     /// Queued bytes under which a paused channel reads again.
     static let lowWater = 2 << 20
@@ -28,12 +32,17 @@ final class ChunkStore: @unchecked Sendable {
     private var head = 0
     /// Bytes submitted and not yet reported back (loop thread).
     private(set) var queuedBytes = 0
+    /// The channel the chunks arrive on, and whether the store paused its reading.
+    private weak var channel: SecureChannel?
+    private var readingPaused = false
 
-    /// A store writing files `names` under `directory`; with `fresh`, whatever is at `directory`
-    /// is removed first (on the queue, so after any earlier store's writes there).
-    init(loop: EventLoop, queue: DispatchQueue, directory: String, names: [String], fresh: Bool = false) {
+    /// A store writing files `names` under `directory` from chunks arriving on `channel`; with
+    /// `fresh`, whatever is at `directory` is removed first (on the queue, so after any earlier
+    /// store's writes there).
+    init(loop: EventLoop, queue: DispatchQueue, channel: SecureChannel?, directory: String, names: [String], fresh: Bool = false) {
         self.loop = loop
         self.queue = queue
+        self.channel = channel
         self.writer = JobFiles.Writer(directory: directory, names: names)
         if fresh { queue.async { try? FileManager.default.removeItem(atPath: directory) } }
     }
@@ -57,11 +66,19 @@ final class ChunkStore: @unchecked Sendable {
             }
             _ = loop.execute { [self, result] in complete(result, bytes: data.count) }
         }
+        if !readingPaused, queuedBytes > Self.highWater {
+            readingPaused = true
+            channel?.pauseReading()
+        }
     }
 
     private func complete(_ result: Result<Bool, JobFiles.Failure>, bytes: Int) {
         queuedBytes -= bytes
         guard !cancelled.load(ordering: .relaxed), head < completions.count else { return }
+        if readingPaused, queuedBytes < Self.lowWater {
+            readingPaused = false
+            channel?.resumeReading()
+        }
         let done = completions[head]
         completions[head] = nil  // releases what it captured now, not when the queue next empties
         head += 1

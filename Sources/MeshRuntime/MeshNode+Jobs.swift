@@ -107,7 +107,6 @@ final class JobsService: @unchecked Sendable {
         var id: String?
         var workDir: String?
         var store: ChunkStore?
-        var readingPaused = false
         var process: JobProcess?
         var cleanup: [String]?
         var timer: LoopTimer?
@@ -195,10 +194,6 @@ final class JobsService: @unchecked Sendable {
                 let count = UInt64(data.count)
                 store.submit(file: file, offset: offset, data: data, hash: hash) { [unowned self, weak job] result in
                     guard let job else { return }
-                    if job.readingPaused, store.queuedBytes < ChunkStore.lowWater {
-                        job.readingPaused = false
-                        job.channel.resumeReading()
-                    }
                     switch result {
                     case .success(let matches):
                         // Recorded before the session may start the job (and the record says "running").
@@ -207,10 +202,6 @@ final class JobsService: @unchecked Sendable {
                     case .failure(let e):
                         driveProvider(job, job.session.fail("cannot store input: \(e)"))
                     }
-                }
-                if !job.readingPaused, store.queuedBytes > ChunkStore.highWater {
-                    job.readingPaused = true
-                    job.channel.pauseReading()
                 }
             case .run:
                 run(job)
@@ -248,7 +239,7 @@ final class JobsService: @unchecked Sendable {
         do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         catch { throw JobFiles.Failure("cannot create \(dir): \(error.localizedDescription)") }
         job.workDir = dir
-        let w = ChunkStore(loop: node.loop, queue: io, directory: dir, names: job.session.inputs.map(\.name))
+        let w = ChunkStore(loop: node.loop, queue: io, channel: job.channel, directory: dir, names: job.session.inputs.map(\.name))
         job.store = w
         return w
     }
@@ -437,7 +428,6 @@ final class JobsService: @unchecked Sendable {
         var session: Negotiation.RenterSession?
         var channel: SecureChannel?
         var store: ChunkStore?
-        var readingPaused = false
         var sender: ChunkSender?
         var timer: LoopTimer?
         let log: JobLog
@@ -606,7 +596,8 @@ final class JobsService: @unchecked Sendable {
                 job.log.append(data)
                 update(job.hex) { $0.logBytes = job.log.bytes }
             case .finished(let f):
-                job.store = ChunkStore(loop: node.loop, queue: io, directory: job.partialDirectory, names: f.outputs.map(\.name), fresh: true)
+                job.store = ChunkStore(loop: node.loop, queue: io, channel: channel, directory: job.partialDirectory, names: f.outputs.map(\.name),
+                                       fresh: true)
                 update(job.hex) { info in
                     info.state = "receiving-outputs"
                     info.exitStatus = f.signaled ? -f.exitStatus : f.exitStatus
@@ -621,10 +612,6 @@ final class JobsService: @unchecked Sendable {
                 let count = UInt64(data.count)
                 store.submit(file: file, offset: offset, data: data, hash: hash) { [unowned self, weak job] result in
                     guard let job, job.session != nil else { return }
-                    if job.readingPaused, store.queuedBytes < ChunkStore.lowWater {
-                        job.readingPaused = false
-                        job.channel?.resumeReading()
-                    }
                     switch result {
                     case .success(let matches):
                         if matches { update(job.hex) { $0.outputBytesDone += count } }
@@ -632,10 +619,6 @@ final class JobsService: @unchecked Sendable {
                     case .failure(let e):
                         driveRenter(job, job.session!.fail("cannot store output: \(e)"))
                     }
-                }
-                if !job.readingPaused, store.queuedBytes > ChunkStore.highWater {
-                    job.readingPaused = true
-                    channel.pauseReading()
                 }
             case .outputsVerified:
                 do {
@@ -666,7 +649,6 @@ final class JobsService: @unchecked Sendable {
                     job.store = nil
                     let partial = job.partialDirectory
                     io.sync { try? FileManager.default.removeItem(atPath: partial) }
-                    job.readingPaused = false
                     job.lastFailure = "\(f.reason): \(f.note)"
                     job.session = nil
                     if f.reason == .cancelled && !f.byPeer { job.cancelled = true }

@@ -368,9 +368,9 @@ extension MeshNode {
         state.finished = true
         bump(.capabilityRecordsRefused, by: state.search.refused.values.reduce(0, +))
         let query = state.search.query
-        // Reputation comes from the ledger once there is one; until then every provider is new
-        // (`Ranking.unknownReputation` for the --min-reputation floor).
-        let candidates = state.search.matches.map { RankedOffer(record: $0, reputation: reputation?($0.provider)) }
+        // Reputation is the ledger's last computed view; a provider it holds no evidence about is
+        // new (`Ranking.unknownReputation` for the --min-reputation floor).
+        let candidates = state.search.matches.map { RankedOffer(record: $0, reputation: ledger?.reputation($0.provider)) }
             .filter { ($0.reputation ?? Ranking.unknownReputation) >= (query.minReputation ?? 0) }
         let shortlist = Ranking.shortlist(candidates, limit: query.limit)
         let finish: ([RankedOffer]) -> Void = { offers in

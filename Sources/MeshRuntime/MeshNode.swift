@@ -327,9 +327,6 @@ public final class MeshNode: @unchecked Sendable {
     var jobs: JobsService!
     /// Receipts, reports, experience and reputation.
     var ledger: LedgerService!
-    /// This node's view of a peer's reputation (0 to 1; nil: no history), used to rank and filter
-    /// search results. Loop-confined; nil until the ledger provides one.
-    var reputation: ((PublicKey) -> Double?)?
 
     /// How long an address stays proven after it returned a valid cookie (ms).
     static let proofLifetimeMilliseconds: UInt64 = 10 * 60_000
@@ -467,7 +464,6 @@ public final class MeshNode: @unchecked Sendable {
             serve(ChannelService.gossip) { [unowned self] in gossip.attach($0) }
             try startGossipApplications(heartbeatSeconds: options.config.provider.heartbeatIntervalSeconds)
             ledger = try LedgerService(node: self, friends: options.config.friends)
-            reputation = { [unowned self] in ledger.reputation($0) }
             ledger.start()
             jobs = try JobsService(node: self)
             serve(ChannelService.jobs) { [unowned self] in jobs.accept($0) }

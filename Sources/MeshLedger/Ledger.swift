@@ -298,6 +298,12 @@ public final class Ledger: Sendable {
         try read { db in try Data.fetchAll(db, sql: "SELECT key FROM peers ORDER BY key").compactMap { try? PublicKey(bytes: $0) } }
     }
 
+    /// The keys, among the peers stored receipts name, whose peer IDs (hex) are in `ids`: the
+    /// pre-trusted friends a config lists by peer ID.
+    public func peerKeys(withIDs ids: Set<String>) throws(Failure) -> [PublicKey] {
+        ids.isEmpty ? [] : try peerKeys().filter { ids.contains(PeerID(publicKey: $0).hex) }
+    }
+
     /// How many receipts, reports, peers and experience events are held.
     public struct Counts: Sendable, Equatable, Codable {
         /// Receipts.

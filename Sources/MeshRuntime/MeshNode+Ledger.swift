@@ -57,13 +57,21 @@ final class LedgerService: @unchecked Sendable {
         flushTimer?.cancel()
         soonTimer?.cancel()
         flush()
-        queue.sync {}
+        waitForWrites()
     }
 
     private var now: UInt64 { MeshNode.wallClockMilliseconds() }
 
     /// Waits until everything queued so far is stored.
     func waitForWrites() { queue.sync {} }
+
+    /// Runs `body` on the ledger's queue, logging what it failed to store (`what`).
+    private func write(_ what: String, _ body: @escaping @Sendable (Ledger) throws -> Void) {
+        let logger = node.logger
+        queue.async { [ledger] in
+            do { try body(ledger) } catch { logger.error("\(what) not stored: \(error)") }
+        }
+    }
 
     /// This node's view of `peer` (nil: no evidence yet).
     func reputation(_ peer: PublicKey) -> Double? { scores[peer] }
@@ -93,14 +101,10 @@ final class LedgerService: @unchecked Sendable {
         let batch = pending
         pending = []
         let now = self.now
-        let logger = node.logger
-        queue.async { [ledger] in
-            var byOrigin: [PublicKey: [Negotiation.Receipt]] = [:]
-            for (r, from) in batch { byOrigin[from, default: []].append(r) }
-            for (from, receipts) in byOrigin.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) {
-                do { try ledger.ingest(receipts, source: .gossip, heardFrom: from, now: now, verified: true) }
-                catch { logger.error("gossiped receipts not stored: \(error)") }
-            }
+        var byOrigin: [PublicKey: [Negotiation.Receipt]] = [:]
+        for (r, from) in batch { byOrigin[from, default: []].append(r) }
+        for (from, receipts) in byOrigin.sorted(by: { $0.key.bytes.lexicographicallyPrecedes($1.key.bytes) }) {
+            write("gossiped receipts") { try $0.ingest(receipts, source: .gossip, heardFrom: from, now: now, verified: true) }
         }
         scheduleRecompute()
     }
@@ -113,21 +117,14 @@ final class LedgerService: @unchecked Sendable {
         }
         node.bump(.reportsHeard)
         let now = self.now
-        let logger = node.logger
-        queue.async { [ledger] in
-            do { try ledger.storeReport(message, now: now) } catch { logger.error("report not stored: \(error)") }
-        }
+        write("report") { try $0.storeReport(message, now: now) }
         scheduleRecompute()
     }
 
     /// Records this node's experience of `peer` and, for the kinds reports carry, tells the mesh.
     func experienced(_ outcome: Reputation.Outcome, peer: PublicKey, role: String, jobID: [UInt8], note: String) {
         let now = self.now
-        let logger = node.logger
-        queue.async { [ledger] in
-            do { try ledger.recordExperience(peer: peer, role: role, outcome: outcome, jobID: jobID, at: now, note: note) }
-            catch { logger.error("experience not stored: \(error)") }
-        }
+        write("experience") { try $0.recordExperience(peer: peer, role: role, outcome: outcome, jobID: jobID, at: now, note: note) }
         let kind: Gossip.Report.Kind? = switch outcome {
         case .failedVerification: .failedVerification
         case .noShow: .noShow
@@ -136,7 +133,7 @@ final class LedgerService: @unchecked Sendable {
         }
         if let kind, !stopped, let report = Gossip.Report(kind: kind, subject: peer, jobID: jobID.count == 16 ? jobID : nil, observedAt: now,
                                                          note: String(note.utf8.prefix(Gossip.Report.maxNoteBytes)) ?? "") {
-            do { _ = try node.gossip.publish(.report, payload: report.encode()) } catch { logger.debug("report not published: \(error)") }
+            do { _ = try node.gossip.publish(.report, payload: report.encode()) } catch { node.logger.debug("report not published: \(error)") }
         }
         scheduleRecompute()
     }
@@ -146,10 +143,7 @@ final class LedgerService: @unchecked Sendable {
         guard let json = try? JSONEncoder().encode(info) else { return }
         let row = Ledger.JobRow(id: info.id, role: info.role, peer: info.peer, state: info.state, receipt: info.receipt,
                                 createdAt: info.createdAt, updatedAt: info.updatedAt, record: String(decoding: json, as: UTF8.self))
-        let logger = node.logger
-        queue.async { [ledger] in
-            do { try ledger.saveJobs([row]) } catch { logger.error("job record not stored: \(error)") }
-        }
+        write("job record") { try $0.saveJobs([row]) }
     }
 
     /// Recomputes within a second (coalescing bursts of evidence into one recompute).
@@ -174,7 +168,7 @@ final class LedgerService: @unchecked Sendable {
         queue.async { [ledger, self] in
             var result: [PublicKey: Double] = [:]
             do {
-                let keys = try ledger.peerKeys().filter { friends.contains(PeerID(publicKey: $0).hex) }
+                let keys = try ledger.peerKeys(withIDs: friends)
                 result = try ledger.recomputeReputation(me: me, friends: keys, now: now).mapValues(\.value)
             } catch {
                 logger.error("reputation not recomputed: \(error)")

@@ -20,7 +20,7 @@ struct LedgerAccess {
         do { ledger = try Ledger(path: path) } catch { throw CLIError("\(error)") }
         me = try dir.loadIdentity()
         let friendIDs = Set(try dir.loadConfig().friends)
-        do { friends = try ledger.peerKeys().filter { friendIDs.contains(PeerID(publicKey: $0).hex) } } catch { throw CLIError("\(error)") }
+        do { friends = try ledger.peerKeys(withIDs: friendIDs) } catch { throw CLIError("\(error)") }
     }
 
     /// The peer a prefix names: of its peer ID or its public key, at least 4 hex digits, unambiguous.

@@ -4,6 +4,7 @@ import Logging
 import MeshCore
 import MeshCrypto
 import MeshDHT
+import MeshJobs
 import MeshRuntime
 import MeshTestKit
 #if canImport(Glibc)
@@ -43,6 +44,18 @@ func loopbackNodeOptions(_ bootstrap: [Contact]) -> MeshNode.Options {
     var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "bench"))
     o.bootstrap = bootstrap
     return o
+}
+
+/// Publishes `node`'s offer of simulated GPUs (`profile`, such as "2x rtx-4090") at `price` with
+/// `slots`, on a synthetic host (8 cores, 64 GiB, 1 TiB free) named `cpuModel`, sandbox only:
+/// the providers of the job benchmark, the demo and the testnet.
+func provideSimulated(_ node: MeshNode, gpus profile: String, price: Price = ProviderConfig().price, slots: Int, cpuModel: String) async throws {
+    var terms = ProviderConfig()
+    terms.price = price
+    terms.slots = slots
+    let host = HostFacts(cpuModel: cpuModel, cpuCores: 8, ramMiB: 65_536, diskFreeMiB: 1 << 20)
+    _ = try await node.provide(OfferBuilder.capability(contact: node.contact, gpus: try SimulatedGPUs.parse(profile), host: host, terms: terms,
+                                                       available: [.sandbox]))
 }
 
 /// Starts `nodes` nodes on loopback spread over `loops`, all joining through the first, and

@@ -63,11 +63,7 @@ extension GPUMesh {
             let provider = try await MeshNode.start(on: providerLoop, options: options([]))
             let renter = try await MeshNode.start(on: renterLoop, options: options([provider.contact]))
             defer { Task { await renter.stop(); await provider.stop() } }
-            var terms = ProviderConfig()
-            terms.slots = 1
-            let host = HostFacts(cpuModel: "bench", cpuCores: 8, ramMiB: 65_536, diskFreeMiB: 1 << 20)
-            _ = try await provider.provide(OfferBuilder.capability(contact: provider.contact, gpus: try SimulatedGPUs.parse("1x rtx-4090"),
-                                                                   host: host, terms: terms, available: [.sandbox]))
+            try await provideSimulated(provider, gpus: "1x rtx-4090", slots: 1, cpuModel: "bench")
 
             let spec = try JobSpec(name: "true", command: ["true"], resources: { var r = JobSpec.Resources(); r.gpus = 1; return r }())
             var roundTrips: [Double] = []

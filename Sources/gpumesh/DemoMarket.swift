@@ -78,17 +78,12 @@ struct DemoMarket: Encodable {
         }
         var market = DemoMarket(sandbox: true)
         let index = Dictionary(uniqueKeysWithValues: peers.enumerated().map { ($1.peerID.hex, $0) })
-        let host = HostFacts(cpuModel: "demo", cpuCores: 8, ramMiB: 65_536, diskFreeMiB: 1 << 20)
 
         // Providers publish signed capability records under the index keys.
         say("act two: a GPU market")
         for (i, p) in peers.enumerated().dropFirst(2) {
             let profile = profiles[(i - 2) % profiles.count]
-            var terms = ProviderConfig()
-            terms.price = Price(parsing: profile.price)!
-            terms.slots = 2
-            _ = try await p.provide(OfferBuilder.capability(contact: p.contact, gpus: try SimulatedGPUs.parse(profile.gpus), host: host, terms: terms,
-                                                            available: [.sandbox]))
+            try await provideSimulated(p, gpus: profile.gpus, price: Price(parsing: profile.price)!, slots: 2, cpuModel: "demo")
             market.providers.append(Provider(peer: i, gpus: profile.gpus, price: profile.price))
         }
         say("  \(market.providers.count) providers published their GPUs: "

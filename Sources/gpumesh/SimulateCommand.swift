@@ -49,9 +49,9 @@ extension GPUMesh {
             let wall = Date()
             let report = SimulationReport.run(peers: peers, churn: churn, loss: loss, lookups: lookups, partition: partition, sybils: sybils,
                                               gossipPeers: gossipPeers, seed: seed) { text in
-                benchProgress(text, json: json || !isatty(1).boolValue)
+                benchProgress(text, json: json || isatty(STDOUT_FILENO) == 0)
             }
-            benchProgress("", json: json || !isatty(1).boolValue)
+            benchProgress("", json: json || isatty(STDOUT_FILENO) == 0)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
             let data = try encoder.encode(report)
@@ -66,10 +66,6 @@ extension GPUMesh {
             print(String(format: "(%.1f s of wall time for %.1f s of virtual time)", Date().timeIntervalSince(wall), Double(report.virtualMilliseconds) / 1000))
         }
     }
-}
-
-extension Int32 {
-    var boolValue: Bool { self != 0 }
 }
 
 /// What `gpumesh simulate` reports: only figures of the simulated run, so a seed reproduces it

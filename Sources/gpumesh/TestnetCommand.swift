@@ -53,8 +53,7 @@ extension GPUMesh {
 
         func run() async throws {
             bootstrapLogging("critical")
-            let terminal = isatty(2) != 0 && !json
-            func progress(_ text: String) { if terminal { FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8)) } }
+            func progress(_ text: String) { benchProgress(text, json: json) }
             if jobsPerMin > 0 {
                 guard case .success(let tools) = Sandbox.Tools.find(), case .success = Sandbox.probe(tools: tools) else {
                     throw CLIError("--jobs-per-min needs the sandbox, which does not work here (bubblewrap, prlimit and user namespaces)")
@@ -65,7 +64,6 @@ extension GPUMesh {
             let net = try await TestnetRun.start(peers: peers, loops: loops, meshKey: key, loss: loss, delay: delay, gpus: gpus, seed: seed, progress: progress)
             let result = try await net.drive(seconds: seconds, churn: churn, jobsPerMinute: jobsPerMin, progress: progress)
             progress("")
-            if terminal { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
             var r = result
             r.mesh = key.fingerprint
             r.settings = .init(peers: peers, loops: loops, durationSeconds: seconds, churn: churn, loss: loss, delayMilliseconds: delay,
@@ -202,12 +200,7 @@ final class TestnetRun: @unchecked Sendable {
         }
         if i % 2 == 1 {
             let profile = gpus == "mixed" ? DemoMarket.profiles[(i / 2) % DemoMarket.profiles.count].gpus : gpus
-            var terms = ProviderConfig()
-            terms.slots = 2
-            terms.price = Price(millipoints: 1000 + UInt32(i % 7) * 250)
-            let host = HostFacts(cpuModel: "testnet", cpuCores: 8, ramMiB: 65_536, diskFreeMiB: 1 << 20)
-            _ = try await node.provide(OfferBuilder.capability(contact: node.contact, gpus: try SimulatedGPUs.parse(profile), host: host, terms: terms,
-                                                               available: [.sandbox]))
+            try await provideSimulated(node, gpus: profile, price: Price(millipoints: 1000 + UInt32(i % 7) * 250), slots: 2, cpuModel: "testnet")
         }
         return node
     }
@@ -226,6 +219,18 @@ final class TestnetRun: @unchecked Sendable {
         defer { try? FileManager.default.removeItem(atPath: work) }
         let input = work + "/input.txt"
         try "testnet\n".write(toFile: input, atomically: true, encoding: .utf8)
+        // Every job is the same: an input in, its upper-case copy out.
+        let spec = try JobSpec(toml: """
+            name = "testnet"
+            command = ["sh", "-c", "tr a-z A-Z < input.txt > out.txt"]
+            inputs = ["input.txt"]
+            outputs = ["out.txt"]
+            max_price = 100
+            [resources]
+            gpus = 1
+            time_limit = "30s"
+            """)
+        let request = JobRequest(spec: spec, inputPaths: [input], outputRoot: work + "/out", retries: 2)
         var churnCredit = 0.0, jobCredit = 0.0
         var jobTasks: [Task<(Bool, Int), Never>] = []
         for second in 0..<seconds {
@@ -267,17 +272,6 @@ final class TestnetRun: @unchecked Sendable {
                 let renterIndex = randomLive()
                 guard let renter = peers[renterIndex] else { continue }
                 report.jobs.started += 1
-                let spec = try JobSpec(toml: """
-                    name = "testnet"
-                    command = ["sh", "-c", "tr a-z A-Z < input.txt > out.txt"]
-                    inputs = ["input.txt"]
-                    outputs = ["out.txt"]
-                    max_price = 100
-                    [resources]
-                    gpus = 1
-                    time_limit = "30s"
-                    """)
-                let request = JobRequest(spec: spec, inputPaths: [input], outputRoot: work + "/out", retries: 2)
                 jobTasks.append(Task {
                     do {
                         let info = try await renter.runJob(request)

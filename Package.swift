@@ -1,7 +1,7 @@
 // swift-tools-version: 6.1
 // GPUMesh: a peer-to-peer mesh of GPU providers with no central coordinator.
 // Targets follow ../shared/DESIGN.md; dependencies only point down:
-// gpumesh -> MeshRuntime -> MeshLedger -> MeshDHT/MeshMarket/MeshGossip/MeshJobs -> MeshCore/MeshCrypto -> CLibUV/CSodium.
+// gpumesh -> MeshExplorer -> MeshRuntime -> MeshLedger -> MeshDHT/MeshMarket/MeshGossip/MeshJobs -> MeshCore/MeshCrypto -> CLibUV/CSodium.
 import PackageDescription
 
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
@@ -17,6 +17,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        // The explorer's web stack; no default traits (skips swift-configuration and full Foundation).
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C libraries, each behind one door.
@@ -49,11 +52,23 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict),
+        // The explorer: web pages, JSON API and Prometheus metrics over one node's own view.
+        // The only target that links the web stack (Hummingbird, SwiftNIO).
+        .target(
+            name: "MeshExplorer",
+            dependencies: [
+                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshMarket", "MeshGossip", "MeshLedger", "MeshJobs",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: strict),
         // The command-line interface.
         .executableTarget(
             name: "gpumesh",
             dependencies: [
-                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshTestKit", "MeshLedger",
+                "MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshTestKit", "MeshLedger", "MeshExplorer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -70,6 +85,10 @@ let package = Package(
             name: "MeshRuntimeTests",
             dependencies: ["MeshRuntime", "MeshCore", "MeshCrypto", "MeshDHT", "MeshGossip", "MeshMarket", "MeshJobs", "MeshLedger",
                            .product(name: "InMemoryLogging", package: "swift-log")],
+            swiftSettings: strict),
+        .testTarget(
+            name: "MeshExplorerTests",
+            dependencies: ["MeshExplorer", "MeshRuntime", "MeshCore", "MeshCrypto", "MeshMarket", "MeshLedger", "MeshJobs"],
             swiftSettings: strict),
         .testTarget(name: "GPUMeshCLITests", dependencies: ["MeshCore", "MeshCrypto", "MeshRuntime"], swiftSettings: strict),
     ]

@@ -196,6 +196,10 @@ public final class Ledger: Sendable {
                 CREATE INDEX jobs_created ON jobs(created_at);
                 """)
         }
+        m.registerMigration("v4-receipts-by-time") { db in
+            // The explorer counts receipts per hour over the last day.
+            try db.execute(sql: "CREATE INDEX receipts_started_at ON receipts(started_at)")
+        }
         return m
     }
 
@@ -262,17 +266,32 @@ public final class Ledger: Sendable {
         public var storedAt: UInt64
     }
 
-    /// Receipts held, optionally only those `peer` is a party to, oldest job first.
-    public func receipts(involving peer: PublicKey? = nil, limit: Int = .max) throws(Failure) -> [Stored] {
-        try read { db in
+    /// Receipts held, optionally only those `peer` is a party to, oldest job first (newest
+    /// first with `newestFirst`).
+    public func receipts(involving peer: PublicKey? = nil, limit: Int = .max, newestFirst: Bool = false) throws(Failure) -> [Stored] {
+        let order = newestFirst ? "started_at DESC, id DESC" : "started_at, id"
+        return try read { db in
             let rows: [Row]
             if let peer {
-                rows = try Row.fetchAll(db, sql: "SELECT * FROM receipts WHERE provider = ? OR renter = ? ORDER BY started_at, id LIMIT ?",
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM receipts WHERE provider = ? OR renter = ? ORDER BY \(order) LIMIT ?",
                                         arguments: [Data(peer.bytes), Data(peer.bytes), Int64(clamping: limit)])
             } else {
-                rows = try Row.fetchAll(db, sql: "SELECT * FROM receipts ORDER BY started_at, id LIMIT ?", arguments: [Int64(clamping: limit)])
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM receipts ORDER BY \(order) LIMIT ?", arguments: [Int64(clamping: limit)])
             }
             return rows.compactMap(Self.stored)
+        }
+    }
+
+    /// How many held receipts' jobs started in each hour from `since` (Unix ms) on: hour number
+    /// (Unix ms / 3,600,000) to count, hours without receipts left out.
+    public func receiptsPerHour(since: UInt64) throws(Failure) -> [UInt64: Int] {
+        try read { db in
+            var out: [UInt64: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT started_at / 3600000, COUNT(*) FROM receipts WHERE started_at >= ? GROUP BY 1",
+                                        arguments: [Int64(clamping: since)]) {
+                out[UInt64(max(0, row[0] as Int64))] = row[1]
+            }
+            return out
         }
     }
 

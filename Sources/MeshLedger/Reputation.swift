@@ -156,6 +156,32 @@ public enum Reputation {
             case directSuccesses = "direct_successes", directFailures = "direct_failures", directEvents = "direct_events"
             case hearsaySuccesses = "hearsay_successes", hearsayFailures = "hearsay_failures"
         }
+
+        /// The evidence and arithmetic behind the score, one line each, for people (`reputation
+        /// --explain` and the explorer's peer page); `name` shortens a witness's hex key.
+        public func explanation(parameters p: Parameters = Parameters(), name: (String) -> String = { String($0.prefix(12)) }) -> [String] {
+            var lines = [
+                String(format: "direct experience: %d events; decayed successes %.3f, failures %.3f (half-life %.0f days)",
+                       directEvents, directSuccesses, directFailures, p.halfLifeMilliseconds / 86_400_000),
+                String(format: "hearsay: %d witnesses with weight; weighted successes %.3f, failures %.3f", witnesses.count,
+                       hearsaySuccesses, hearsayFailures),
+            ]
+            for w in witnesses {
+                lines.append(String(format: "  witness %@  weight %.4f  successes %.3f  failures %.3f", name(w.witness), w.weight, w.successes, w.failures))
+            }
+            lines.append(String(format: "alpha = 1 + %.0f x %.3f + %.3f = %.4f", p.directWeight, directSuccesses, hearsaySuccesses, alpha))
+            lines.append(String(format: "beta  = 1 + %.0f x %.3f + %.3f = %.4f", p.directWeight, directFailures, hearsayFailures, beta))
+            lines.append(String(format: "score = alpha / (alpha + beta) = %.4f / %.4f = %.4f", alpha, alpha + beta, value))
+            lines.append(String(format: "its own trust as a witness (EigenTrust): %.6f", trust))
+            return lines
+        }
+    }
+
+    /// The first 12 hex digits of the peer ID of a hex public key (the key's own digits when it
+    /// does not decode).
+    public static func shortPeerID(_ hexKey: String) -> String {
+        guard let bytes = Hex.decode(hexKey), let key = try? PublicKey(bytes: bytes) else { return String(hexKey.prefix(12)) }
+        return String(PeerID(publicKey: key).hex.prefix(12))
     }
 
     /// Every peer the evidence names, scored at `now`.

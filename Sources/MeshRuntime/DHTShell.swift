@@ -181,6 +181,11 @@ final class DHTShell {
                 deadlines.push(Deadline(at: deadline, requestID: id))
                 arm()
             case .lookupFinished(let id, _, _, _), .putFinished(let id, _), .getFinished(let id, _):
+                switch d {
+                case .lookupFinished: count(.dhtLookups)
+                case .getFinished: count(.dhtGets)
+                default: count(.dhtPuts)
+                }
                 completions.removeValue(forKey: id)?(d)
             }
         }

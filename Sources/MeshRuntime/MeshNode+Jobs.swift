@@ -742,6 +742,15 @@ extension MeshNode {
         try await loop.submit { self.jobs.list() }
     }
 
+    /// Up to `max` bytes of a job's log from `offset` (from any thread; empty past the end).
+    /// The job is named by its full ID or an unambiguous prefix.
+    public func jobLog(_ id: String, from offset: UInt64, max: Int = 256 << 10) async throws -> (job: JobInfo, bytes: [UInt8]) {
+        try await loop.submit { () throws -> (job: JobInfo, bytes: [UInt8]) in
+            let info = try self.jobs.find(id)
+            return (info, JobLog.read(self.jobs.logPath(info.id), from: offset, max: max))
+        }
+    }
+
     /// Cancels a job by ID prefix (from any thread).
     public func cancelJob(_ id: String) async throws -> JobInfo {
         try await loop.submit { () throws -> JobInfo in try self.jobs.cancel(id) }

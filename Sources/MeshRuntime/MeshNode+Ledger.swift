@@ -19,6 +19,8 @@ final class LedgerService: @unchecked Sendable {
     private let friends: Set<String>
     /// The last computed scores (loop thread).
     private(set) var scores: [PublicKey: Double] = [:]
+    /// The last computed scores with their evidence and arithmetic (loop thread).
+    private(set) var details: [PublicKey: Reputation.Score] = [:]
     private var pending: [(receipt: Negotiation.Receipt, from: PublicKey)] = []
     private var flushTimer: LoopTimer?
     private var recomputeTimer: LoopTimer?
@@ -79,6 +81,7 @@ final class LedgerService: @unchecked Sendable {
     /// Stores a receipt this node is a party to, durably, before returning (loop thread: one
     /// small transaction).
     func storeOwn(_ receipt: Negotiation.Receipt) throws(Ledger.Failure) {
+        node.bump(.ledgerReceiptsWritten)
         try ledger.ingest([receipt], source: .own, now: now)
         scheduleRecompute()
     }
@@ -100,6 +103,7 @@ final class LedgerService: @unchecked Sendable {
         guard !pending.isEmpty else { return }
         let batch = pending
         pending = []
+        node.bump(.ledgerReceiptsWritten, by: batch.count)
         let now = self.now
         var byOrigin: [PublicKey: [Negotiation.Receipt]] = [:]
         for (r, from) in batch { byOrigin[from, default: []].append(r) }
@@ -116,6 +120,7 @@ final class LedgerService: @unchecked Sendable {
             return
         }
         node.bump(.reportsHeard)
+        node.bump(.ledgerReportsWritten)
         let now = self.now
         write("report") { try $0.storeReport(message, now: now) }
         scheduleRecompute()
@@ -166,15 +171,16 @@ final class LedgerService: @unchecked Sendable {
         let loop = node.loop
         let logger = node.logger
         queue.async { [ledger, self] in
-            var result: [PublicKey: Double] = [:]
+            var result: [PublicKey: Reputation.Score] = [:]
             do {
                 let keys = try ledger.peerKeys(withIDs: friends)
-                result = try ledger.recomputeReputation(me: me, friends: keys, now: now).mapValues(\.value)
+                result = try ledger.recomputeReputation(me: me, friends: keys, now: now)
             } catch {
                 logger.error("reputation not recomputed: \(error)")
             }
             _ = loop.execute { [self, result] in
-                scores = result
+                details = result
+                scores = result.mapValues(\.value)
                 recomputing = false
                 done?()
                 if recomputeAgain {
@@ -201,6 +207,15 @@ extension MeshNode {
             if !accepted { c.resume(returning: [:]) }
         }
     }
+
+    /// The last computed reputation view with each score's evidence (from any thread; the node
+    /// recomputes it a second after new evidence and every minute).
+    public func reputationDetails() async throws -> [PublicKey: Reputation.Score] {
+        try await loop.submit { self.ledger.details }
+    }
+
+    /// This node's ledger, for reading (from any thread; the node is its only writer).
+    public var ledgerStore: Ledger { ledger.ledger }
 
     /// Reward points computed from the receipts this node holds (from any thread; nothing stored).
     public func rewardPoints(epoch: UInt64? = nil) throws -> [Rewards.Entry] {

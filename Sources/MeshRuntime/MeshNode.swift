@@ -8,7 +8,8 @@ import MeshMarket
 import Metrics
 
 /// What a node counts. Each counter is also reported to swift-metrics as
-/// `gpumesh_<name>_total` with a `peer` dimension.
+/// `gpumesh_<name>_total` with a `peer` dimension, except the dropped-datagram counters, which
+/// are one metric, `gpumesh_datagrams_dropped_total`, with a `reason` dimension as well.
 public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     /// Datagrams received.
     case datagramsIn = "datagrams_in"
@@ -69,6 +70,12 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case dhtTimeouts = "dht_timeouts"
     /// DHT requests sent again with an address cookie.
     case dhtCookieRetries = "dht_cookie_retries"
+    /// Iterative DHT lookups finished (searches, joins, bucket refreshes).
+    case dhtLookups = "dht_lookups"
+    /// DHT record reads (GET operations) finished.
+    case dhtGets = "dht_gets"
+    /// DHT record publishes (PUT operations) finished.
+    case dhtPuts = "dht_puts"
     /// Gossip datagrams received and handed to the gossip layer.
     case gossipIn = "gossip_in"
     /// Capability records refused by searches (forged, expired, misplaced, ...).
@@ -94,6 +101,10 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
     case jobsCompleted = "jobs_completed"
     /// Jobs that failed or were cancelled after the quote (either role).
     case jobsFailed = "jobs_failed"
+    /// Receipts handed to the ledger to store (own ones and gossiped ones; duplicates included).
+    case ledgerReceiptsWritten = "ledger_receipts_written"
+    /// Reports heard on gossip handed to the ledger to store.
+    case ledgerReportsWritten = "ledger_reports_written"
 
     /// The counter for a datagram dropped by the sealer.
     static func dropped(_ reason: DatagramSealer.Drop) -> NodeCounter {
@@ -112,6 +123,12 @@ public enum NodeCounter: String, CaseIterable, Sendable, Codable {
 
     /// True for the counters of dropped datagrams.
     public var isDrop: Bool { rawValue.hasPrefix("datagrams_dropped_") }
+
+    /// The swift-metrics label and dimensions this counter is reported under for the node `peer`.
+    public func metric(peer: String) -> (label: String, dimensions: [(String, String)]) {
+        if isDrop { return ("gpumesh_datagrams_dropped_total", [("peer", peer), ("reason", String(rawValue.dropFirst("datagrams_dropped_".count)))]) }
+        return ("gpumesh_\(rawValue)_total", [("peer", peer)])
+    }
 
     /// Position in `allCases`, looked up once rather than searched on every datagram.
     private static let indices = Dictionary(uniqueKeysWithValues: allCases.enumerated().map { ($1, $0) })
@@ -256,6 +273,9 @@ public final class MeshNode: @unchecked Sendable {
         /// Loss and delay injected into this node's outgoing datagrams (testnets: the kernel here
         /// has no netem); nil: none.
         public var impairment: Impairment?
+        /// Where the node's counters go (a Prometheus registry's factory, say); nil: the
+        /// process-wide `MetricsSystem` factory.
+        public var metricsFactory: (any MetricsFactory)?
 
         /// Makes options.
         public init(identity: SigningKey, config: NodeConfig, meshKey: MeshKey = .publicMesh,
@@ -378,7 +398,11 @@ public final class MeshNode: @unchecked Sendable {
         peerID = id
         logger = options.logger
         logger[metadataKey: "peer"] = "\(id.short)"
-        metrics = NodeCounter.allCases.map { Counter(label: "gpumesh_\($0.rawValue)_total", dimensions: [("peer", id.short)]) }
+        let factory = options.metricsFactory ?? MetricsSystem.factory
+        metrics = NodeCounter.allCases.map {
+            let (label, dimensions) = $0.metric(peer: id.short)
+            return Counter(label: label, dimensions: dimensions, factory: factory)
+        }
         channelIdentity = ChannelIdentity(options.identity)
         channelSettings = options.channelSettings
         impairment = options.impairment

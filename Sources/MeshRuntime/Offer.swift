@@ -67,3 +67,78 @@ public enum OfferBuilder {
         return out
     }
 }
+
+extension CapabilityQuery {
+    /// A query as people write it: each field as text, nil when not given. The `find` command's
+    /// flags and the explorer's capacity filter both read one.
+    public struct Text: Sendable, Equatable {
+        /// GPU model: a slug (rtx-4090) or a catalogue name ("RTX 4090").
+        public var gpu: String?
+        /// GPU vendor.
+        public var vendor: String?
+        /// Least memory per GPU, a size such as 24GiB.
+        public var minVRAM: String?
+        /// Least matching GPUs on one provider.
+        public var gpus: String?
+        /// Least CUDA compute capability, such as 8.0.
+        public var minCC: String?
+        /// Executor the provider must offer.
+        public var executor: String?
+        /// Highest price, points per GPU-hour.
+        public var maxPrice: String?
+        /// Least reputation, 0 to 1.
+        public var minReputation: String?
+        /// Most results.
+        public var limit: String?
+        /// Include providers with no free slot.
+        public var includeBusy = false
+
+        /// An empty query text (every field not given).
+        public init() {}
+    }
+
+    /// Parses and validates `text`; a problem names the field (`--min-vram`, ...) and says what
+    /// was wrong with its value.
+    public init(text: Text, defaultLimit: Int = 10) throws(Problem) {
+        self.init(limit: defaultLimit, includeBusy: text.includeBusy)
+        if let g = text.gpus {
+            guard let n = Int(g) else { throw Problem("--gpus", "'\(g)' is not a whole number") }
+            gpus = n
+        }
+        if let l = text.limit {
+            guard let n = Int(l) else { throw Problem("--limit", "'\(l)' is not a whole number") }
+            limit = n
+        }
+        if let r = text.minReputation {
+            guard let v = Double(r), v.isFinite else { throw Problem("--min-reputation", "'\(r)' is not a number from 0 to 1") }
+            minReputation = v
+        }
+        if let gpu = text.gpu {
+            let slug = GPUCatalogue.slug(for: gpu)
+            guard slug != "unknown" else { throw Problem("--gpu", "'\(gpu)' names no model") }
+            model = slug
+        }
+        if let v = text.vendor { vendor = v.lowercased() }
+        if let size = text.minVRAM {
+            guard let bytes = ByteSize.parse(size), bytes <= UInt64(Int.max) - 1_048_575 else {
+                throw Problem("--min-vram", "'\(size)' is not a size such as 24GiB, 24576MiB or 80GB")
+            }
+            minVRAMMiB = Int((bytes + 1_048_575) / 1_048_576)
+        }
+        if let cc = text.minCC {
+            guard let v = ComputeCapability(parsing: cc) else { throw Problem("--min-cc", "'\(cc)' is not a compute capability such as 8.0") }
+            minComputeCapability = v
+        }
+        if let e = text.executor {
+            guard let v = Executor(rawValue: e) else {
+                throw Problem("--executor", "'\(e)' is not one of \(Executor.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            executor = v
+        }
+        if let p = text.maxPrice {
+            guard let v = Price(parsing: p) else { throw Problem("--max-price", "'\(p)' is not a number of points such as 1.5") }
+            maxPrice = v
+        }
+        try validate { slug in GPUCatalogue.model(slug).map { (vendor: $0.vendor, vramMiB: Int($0.vramGiB * 1024)) } }
+    }
+}

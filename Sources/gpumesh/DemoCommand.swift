@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MeshCore
 import MeshDHT
+import MeshExplorer
 import MeshCrypto
 import MeshRuntime
 
@@ -20,18 +21,25 @@ extension GPUMesh {
             providers by model and VRAM, run real sandboxed jobs with inputs and outputs, and
             countersign receipts; the receipts spread by gossip, and three peers show the reputation
             and points they compute from them. Exit status 0 when everything succeeded; with --keep
-            the mesh stays up until Ctrl-C and peer #0 answers other commands.
+            the mesh stays up until Ctrl-C and peer #0 answers other commands. With --explorer ADDR
+            peer #0 serves its explorer there from the start (watch the story in a browser), and the
+            mesh stays up until Ctrl-C.
             """)
 
         @Option(help: "Number of peers (2...64).") var nodes = 16
         @Flag(help: "Leave the mesh running after the story (until Ctrl-C) and print how to reach it.") var keep = false
         @Option(help: "Number of event loops the peers share (1...8).") var loops = 2
+        @Option(help: ArgumentHelp("Serve peer #0's explorer at this address, HOST:PORT (port 0: any free port); implies --keep.", valueName: "addr"))
+        var explorer: String?
         @Option(help: ArgumentHelp("Log level.", valueName: "level")) var logLevel = "error"
         @Flag(help: "Print the result as JSON.") var json = false
 
         func validate() throws {
             guard (2...64).contains(nodes) else { throw ValidationError("--nodes must be 2...64") }
             guard (1...8).contains(loops) else { throw ValidationError("--loops must be 1...8") }
+            if let explorer {
+                do { _ = try Explorer.parseListen(explorer, allowPublic: false) } catch { throw ValidationError("--explorer: \(error)") }
+            }
         }
 
         func run() async throws {
@@ -49,9 +57,14 @@ extension GPUMesh {
             var config = NodeConfig()
             config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
             config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+            // Providers' heartbeats every 5 s, so liveness (and the explorer's uptime) shows within the story.
+            config.provider.heartbeatIntervalSeconds = 5
             var peers: [MeshNode] = []
             // With --keep, peer #0 gets a data directory with its key and a control socket, so
             // other gpumesh commands can be pointed at it.
+            let keep = keep || explorer != nil
+            let metrics = ExplorerMetrics()
+            var explorerServer: Explorer?
             let keepDir = NSTemporaryDirectory() + "gpumesh-demo-" + Hex.encode(SecureRandom.bytes(4)) + "/peer0"
             for i in 0..<nodes {
                 var options = MeshNode.Options(identity: SigningKey(), config: config, meshKey: meshKey, logger: logger)
@@ -60,8 +73,21 @@ extension GPUMesh {
                     do { try KeyFile.write(options.identity, to: keepDir + "/identity.key") } catch { throw CLIError("\(error)") }
                     options.dataDirectory = keepDir
                     options.controlSocketPath = keepDir + "/node.sock"
+                    if explorer != nil { options.metricsFactory = metrics.factory }
                 }
                 let node = try await MeshNode.start(on: eventLoops[i % loops], options: options)
+                if i == 0, let explorer {
+                    do {
+                        let server = try Explorer(node: node, metrics: metrics, settings: .init(listen: explorer), logger: logger)
+                        let port = try await server.start()
+                        explorerServer = server
+                        if !json { print("peer #0's explorer: \(server.url(port: port))\n") }
+                        flushOutput()
+                    } catch {
+                        await node.stop()
+                        throw CLIError("\(error)")
+                    }
+                }
                 // Each peer echoes what arrives on channels opened to it.
                 try await node.loop.submit { node.serve(ChannelService.echo) { ch in ch.setMessageHandler { ch.send($0) } } }
                 peers.append(node)
@@ -187,6 +213,7 @@ extension GPUMesh {
                 }
                 await waitForInterrupt()
             }
+            await explorerServer?.stop()
             for p in peers { await p.stop() }
             if keep { try? FileManager.default.removeItem(atPath: (keepDir as NSString).deletingLastPathComponent) }
 

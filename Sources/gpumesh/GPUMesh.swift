@@ -17,7 +17,7 @@ struct GPUMesh: AsyncParsableCommand {
         `gpumesh demo` runs a small local mesh in one process.
         """,
         version: GPUMeshVersion.current,
-        subcommands: [Init.self, Id.self, Node.self, Status.self, Peers.self, Find.self, Offer.self, Run.self, Jobs.self, Job.self, ReputationCommand.self, RewardsCommand.self, LedgerCommand.self, DHT.self, GossipCommand.self, MeshKeyCommand.self, Demo.self, Testnet.self, Simulate.self, Debug.self, Bench.self]
+        subcommands: [Init.self, Id.self, Node.self, ExplorerCommand.self, Status.self, Peers.self, Find.self, Offer.self, Run.self, Jobs.self, Job.self, ReputationCommand.self, RewardsCommand.self, LedgerCommand.self, DHT.self, GossipCommand.self, MeshKeyCommand.self, Demo.self, Testnet.self, Simulate.self, Debug.self, Bench.self]
     )
 }
 

@@ -93,21 +93,8 @@ extension GPUMesh {
             print("peer \(id)")
             print(String(format: "score %.4f", score.value) + (score.directEvents == 0 && score.witnesses.isEmpty ? "  (no evidence: the prior)" : ""))
             guard explain else { return }
-            let p = Reputation.Parameters()
             print("")
-            print(String(format: "direct experience: %d events; decayed successes %.3f, failures %.3f (half-life %.0f days)",
-                         score.directEvents, score.directSuccesses, score.directFailures, p.halfLifeMilliseconds / 86_400_000))
-            print(String(format: "hearsay: %d witnesses with weight; weighted successes %.3f, failures %.3f", score.witnesses.count,
-                         score.hearsaySuccesses, score.hearsayFailures))
-            for w in score.witnesses {
-                let wk = try PublicKey(bytes: Hex.decode(w.witness) ?? [])
-                print(String(format: "  witness %@  weight %.4f  successes %.3f  failures %.3f", String(PeerID(publicKey: wk).hex.prefix(12)),
-                             w.weight, w.successes, w.failures))
-            }
-            print(String(format: "alpha = 1 + %.0f x %.3f + %.3f = %.4f", p.directWeight, score.directSuccesses, score.hearsaySuccesses, score.alpha))
-            print(String(format: "beta  = 1 + %.0f x %.3f + %.3f = %.4f", p.directWeight, score.directFailures, score.hearsayFailures, score.beta))
-            print(String(format: "score = alpha / (alpha + beta) = %.4f / %.4f = %.4f", score.alpha, score.alpha + score.beta, score.value))
-            print(String(format: "its own trust as a witness (EigenTrust): %.6f", score.trust))
+            for line in score.explanation(name: Reputation.shortPeerID) { print(line) }
         }
     }
 

@@ -165,37 +165,11 @@ extension GPUMesh {
 
         /// The query the flags describe; every error names its flag.
         func query() throws -> CapabilityQuery {
-            var q = CapabilityQuery(gpus: gpus, minReputation: minReputation, limit: limit, includeBusy: includeBusy)
-            if let gpu {
-                let slug = GPUCatalogue.slug(for: gpu)
-                guard slug != "unknown" else { throw ValidationError("--gpu: '\(gpu)' names no model") }
-                q.model = slug
-            }
-            if let vendor { q.vendor = vendor.lowercased() }
-            if let minVram {
-                guard let bytes = ByteSize.parse(minVram) else { throw ValidationError("--min-vram: '\(minVram)' is not a size such as 24GiB, 24576MiB or 80GB") }
-                q.minVRAMMiB = Int((bytes + 1_048_575) / 1_048_576)
-            }
-            if let minCc {
-                guard let cc = ComputeCapability(parsing: minCc) else { throw ValidationError("--min-cc: '\(minCc)' is not a compute capability such as 8.0") }
-                q.minComputeCapability = cc
-            }
-            if let executor {
-                guard let e = Executor(rawValue: executor) else {
-                    throw ValidationError("--executor: '\(executor)' is not one of \(Executor.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                q.executor = e
-            }
-            if let maxPrice {
-                guard let p = Price(parsing: maxPrice) else { throw ValidationError("--max-price: '\(maxPrice)' is not a number of points such as 1.5") }
-                q.maxPrice = p
-            }
-            do {
-                try q.validate { slug in GPUCatalogue.model(slug).map { (vendor: $0.vendor, vramMiB: Int($0.vramGiB * 1024)) } }
-            } catch {
-                throw ValidationError("\(error)")
-            }
-            return q
+            var text = CapabilityQuery.Text()
+            text.gpu = gpu; text.vendor = vendor; text.minVRAM = minVram; text.gpus = String(gpus); text.minCC = minCc
+            text.executor = executor; text.maxPrice = maxPrice; text.minReputation = minReputation.map { "\($0)" }
+            text.limit = String(limit); text.includeBusy = includeBusy
+            do { return try CapabilityQuery(text: text) } catch { throw ValidationError("\(error)") }
         }
 
         func validate() throws { _ = try query() }

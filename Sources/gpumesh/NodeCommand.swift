@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import MeshCore
+import MeshExplorer
 import MeshMarket
 import MeshRuntime
 #if canImport(Glibc)
@@ -21,110 +22,49 @@ extension GPUMesh {
             On SIGINT or SIGTERM the node withdraws its offer, closes its sockets, removes the control socket and exits 0.
             """)
 
-        @OptionGroup var common: CommonOptions
-        @Option(help: ArgumentHelp("UDP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var udp: String?
-        @Option(help: ArgumentHelp("TCP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var tcp: String?
-        @Option(help: ArgumentHelp("Join the private mesh whose key is in this file (default: the public mesh).", valueName: "file")) var meshKey: String?
-        @Option(help: ArgumentHelp("Join the DHT through this peer (a contact string; repeatable).", valueName: "contact"))
-        var bootstrap: [String] = []
-        @Option(help: ArgumentHelp("Read bootstrap peers from this file, one contact a line (see Bootstrap/peers.example).", valueName: "file"))
-        var peersFile: String?
-        @Flag(help: "Publish this host's GPUs to the mesh (also [provider] enabled = true in the config).") var provide = false
-        @OptionGroup(title: "Provider") var offer: OfferOptions
+        @OptionGroup var node: NodeOptions
+        @Option(help: ArgumentHelp("Also serve the explorer (web pages, JSON API, Prometheus metrics) at this address, HOST:PORT; loopback only unless --public.", valueName: "addr"))
+        var explorer: String?
+        @Flag(name: .customLong("public"), help: "Let --explorer bind an address other than loopback.") var servePublic = false
         @Flag(help: "Print the start-up status as one JSON line.") var json = false
 
         func validate() throws {
-            for b in bootstrap {
-                do { _ = try Contact(parsing: b) } catch { throw ValidationError("--bootstrap: \(error)") }
-            }
-            for (flag, value) in [("--udp", udp), ("--tcp", tcp)] {
-                if let value {
-                    do { _ = try SocketAddress(parsing: value) } catch { throw ValidationError("\(flag): \(error)") }
-                }
+            if let explorer {
+                do { _ = try Explorer.parseListen(explorer, allowPublic: servePublic) } catch { throw ValidationError("--explorer: \(error)") }
             }
         }
 
         func run() async throws {
-            let dir = common.directory
-            var config = try dir.loadConfig()
-            if let udp { config.udpListen = try SocketAddress(parsing: udp) }
-            if let tcp { config.tcpListen = try SocketAddress(parsing: tcp) }
-            bootstrapLogging(common.logLevel ?? config.logLevel)
-            let identity = try dir.loadIdentity()
-            let mesh = try dir.loadMeshKey(flag: meshKey, config: config)
-            let logger = Logger(label: "gpumesh.node")
-            var seeds = config.bootstrap + (try bootstrap.map { try Contact(parsing: $0) })
-            if let file = peersFile ?? config.peersFile {
-                let path = file.hasPrefix("/") ? file : (peersFile != nil ? file : dir.path + "/" + file)
-                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                    throw CLIError("cannot read the peers file \(path)")
-                }
-                do { seeds += try BootstrapPeers.parse(text) } catch { throw CLIError("\(path): \(error)") }
-            }
-            // Peers known when the node last stopped: rejoining works even if the bootstrap peers are gone.
-            if let text = try? String(contentsOfFile: dir.peersCache, encoding: .utf8) {
-                do {
-                    let cached = try BootstrapPeers.parse(text).filter { c in !seeds.contains { $0.peerID == c.peerID } }
-                    seeds += cached
-                    logger.debug("peers from the last run", metadata: ["count": "\(cached.count)"])
-                } catch {
-                    logger.warning("ignoring \(dir.peersCache): \(error)")
-                }
-            }
-            var options = MeshNode.Options(identity: identity, config: config, meshKey: mesh, controlSocketPath: dir.controlSocket, logger: logger)
-            options.bootstrap = seeds
-            options.dataDirectory = dir.path.hasPrefix("/") ? dir.path : FileManager.default.currentDirectoryPath + "/" + dir.path
+            try await runNode(node, explorer: explorer.map { Explorer.Settings(listen: $0, allowPublic: servePublic) }, json: json)
+        }
+    }
 
-            let loop = try EventLoop(name: "node")
-            let node: MeshNode
-            do {
-                node = try await MeshNode.start(on: loop, options: options)
-            } catch {
-                loop.shutdown()
-                throw CLIError("\(error)")
-            }
-            // Watch the signals before announcing readiness: whoever waits for the announcement may signal at once.
-            let signals = SignalOnce()
-            try await loop.submit {
-                for sig in [SIGINT, SIGTERM] {
-                    _ = try SignalWatcher.watch(on: loop, signal: sig) { signals.fire($0) }
-                }
-            }
-            var offered: Capability?
-            if provide || config.provider.enabled {
-                do {
-                    let capability = try offer.capability(contact: node.contact, config: config, workDirectory: dir.path)
-                    let lifetime = Duration.seconds(offer.terms(config).recordLifetimeSeconds)
-                    let outcome = try await node.provide(capability, lifetime: lifetime)
-                    offered = capability
-                    logger.info("offer published", metadata: ["gpus": "\(describeGPUs(capability.gpus))", "keys": "\(outcome.keysStored)/\(outcome.indexNames.count)"])
-                } catch {
-                    await node.stop()
-                    loop.shutdown()
-                    throw error
-                }
-            }
-            let status = try await node.status()
-            if json {
-                try printJSON(status)
-            } else {
-                print("node \(status.peerID) running")
-                printEndpoints(status, indent: "  ")
-                print("  control  \(dir.controlSocket)")
-                print(seeds.isEmpty ? "  dht      no bootstrap peers: waiting for others to join through this node"
-                                    : "  dht      joining through \(seeds.count) bootstrap peer\(seeds.count == 1 ? "" : "s")")
-                if let offered {
-                    print("  offer    \(describeGPUs(offered.gpus)) at \(offered.price) points per GPU-hour, \(offered.totalSlots) slot\(offered.totalSlots == 1 ? "" : "s")")
-                }
-                print("stop with Ctrl-C or SIGTERM")
-            }
-            flushOutput()
-            let signal = await signals.wait()
-            logger.info("shutting down", metadata: ["signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")"])
-            if let snapshot = try? await node.dhtSnapshot() { savePeersCache(snapshot, to: dir.peersCache, logger: logger) }
-            await node.stop()
-            loop.shutdown()
-            if !json { print("node stopped") }
+    /// `gpumesh explorer`: a peer that serves its explorer.
+    struct ExplorerCommand: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "explorer",
+            abstract: "Run a peer and serve its explorer: the mesh as this peer sees it, in a browser, in JSON and as metrics.",
+            discussion: """
+            The same peer as `gpumesh node` (same data directory, config and options), with the explorer served at
+            --listen: pages Overview, Capacity, Peers, Peer, Jobs and Rewards; JSON under /api/ (Docs/PROTOCOL.md,
+            "Explorer"); Prometheus text at /metrics. Everything shown comes from this peer's own routing table,
+            what it heard on gossip and its ledger: no indexer. Binds loopback only unless --public is given.
+            When a node already runs with this data directory, restart it with `gpumesh node --explorer ADDR`
+            instead (two peers cannot share one identity and data directory).
+            """)
+
+        @OptionGroup var node: NodeOptions
+        @Option(help: ArgumentHelp("Address to serve on, HOST:PORT (port 0: any free port).", valueName: "addr")) var listen = "127.0.0.1:8080"
+        @Flag(name: .customLong("public"), help: "Allow an address other than loopback (the explorer shows this peer's jobs, logs and ledger).")
+        var servePublic = false
+        @Flag(help: "Print the start-up status as one JSON line.") var json = false
+
+        func validate() throws {
+            do { _ = try Explorer.parseListen(listen, allowPublic: servePublic) } catch { throw ValidationError("--listen: \(error)") }
+        }
+
+        func run() async throws {
+            try await runNode(node, explorer: Explorer.Settings(listen: listen, allowPublic: servePublic), json: json)
         }
     }
 
@@ -225,4 +165,135 @@ final class SignalOnce: @unchecked Sendable {
             lock.unlock()
         }
     }
+}
+
+/// The options of a running peer, shared by `gpumesh node` and `gpumesh explorer`.
+struct NodeOptions: ParsableArguments {
+    @OptionGroup var common: CommonOptions
+    @Option(help: ArgumentHelp("UDP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var udp: String?
+    @Option(help: ArgumentHelp("TCP listen address, HOST:PORT (port 0: any free port).", valueName: "addr")) var tcp: String?
+    @Option(help: ArgumentHelp("Join the private mesh whose key is in this file (default: the public mesh).", valueName: "file")) var meshKey: String?
+    @Option(help: ArgumentHelp("Join the DHT through this peer (a contact string; repeatable).", valueName: "contact"))
+    var bootstrap: [String] = []
+    @Option(help: ArgumentHelp("Read bootstrap peers from this file, one contact a line (see Bootstrap/peers.example).", valueName: "file"))
+    var peersFile: String?
+    @Flag(help: "Publish this host's GPUs to the mesh (also [provider] enabled = true in the config).") var provide = false
+    @OptionGroup(title: "Provider") var offer: OfferOptions
+
+    func validate() throws {
+        for b in bootstrap {
+            do { _ = try Contact(parsing: b) } catch { throw ValidationError("--bootstrap: \(error)") }
+        }
+        for (flag, value) in [("--udp", udp), ("--tcp", tcp)] {
+            if let value {
+                do { _ = try SocketAddress(parsing: value) } catch { throw ValidationError("\(flag): \(error)") }
+            }
+        }
+    }
+
+}
+
+/// Runs a peer until SIGINT or SIGTERM, with its explorer when `explorerSettings` is given.
+func runNode(_ o: NodeOptions, explorer explorerSettings: Explorer.Settings?, json: Bool) async throws {
+    let dir = o.common.directory
+    var config = try dir.loadConfig()
+    if let udp = o.udp { config.udpListen = try SocketAddress(parsing: udp) }
+    if let tcp = o.tcp { config.tcpListen = try SocketAddress(parsing: tcp) }
+    bootstrapLogging(o.common.logLevel ?? config.logLevel)
+    let identity = try dir.loadIdentity()
+    let mesh = try dir.loadMeshKey(flag: o.meshKey, config: config)
+    let logger = Logger(label: "gpumesh.node")
+    var seeds = config.bootstrap + (try o.bootstrap.map { try Contact(parsing: $0) })
+    if let file = o.peersFile ?? config.peersFile {
+        let path = file.hasPrefix("/") ? file : (o.peersFile != nil ? file : dir.path + "/" + file)
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw CLIError("cannot read the peers file \(path)")
+        }
+        do { seeds += try BootstrapPeers.parse(text) } catch { throw CLIError("\(path): \(error)") }
+    }
+    // Peers known when the node last stopped: rejoining works even if the bootstrap peers are gone.
+    if let text = try? String(contentsOfFile: dir.peersCache, encoding: .utf8) {
+        do {
+            let cached = try BootstrapPeers.parse(text).filter { c in !seeds.contains { $0.peerID == c.peerID } }
+            seeds += cached
+            logger.debug("peers from the last run", metadata: ["count": "\(cached.count)"])
+        } catch {
+            logger.warning("ignoring \(dir.peersCache): \(error)")
+        }
+    }
+    var options = MeshNode.Options(identity: identity, config: config, meshKey: mesh, controlSocketPath: dir.controlSocket, logger: logger)
+    options.bootstrap = seeds
+    options.dataDirectory = dir.path.hasPrefix("/") ? dir.path : FileManager.default.currentDirectoryPath + "/" + dir.path
+    // The explorer's metrics registry must exist before the node creates its counters.
+    let metrics = explorerSettings.map { _ in ExplorerMetrics() }
+    options.metricsFactory = metrics?.factory
+
+    let loop = try EventLoop(name: "node")
+    let node: MeshNode
+    do {
+        node = try await MeshNode.start(on: loop, options: options)
+    } catch NodeError.alreadyRunning(let socket) where explorerSettings != nil {
+        loop.shutdown()
+        throw CLIError("a node is already running with this data directory (control socket \(socket) answers): stop it and start it again with `gpumesh node --explorer ADDR`, or give this explorer its own --data-dir")
+    } catch {
+        loop.shutdown()
+        throw CLIError("\(error)")
+    }
+    // Watch the signals before announcing readiness: whoever waits for the announcement may signal at once.
+    let signals = SignalOnce()
+    try await loop.submit {
+        for sig in [SIGINT, SIGTERM] {
+            _ = try SignalWatcher.watch(on: loop, signal: sig) { signals.fire($0) }
+        }
+    }
+    var offered: Capability?
+    var explorer: Explorer?
+    var explorerURL: String?
+    do {
+        if o.provide || config.provider.enabled {
+            let capability = try o.offer.capability(contact: node.contact, config: config, workDirectory: dir.path)
+            let lifetime = Duration.seconds(o.offer.terms(config).recordLifetimeSeconds)
+            let outcome = try await node.provide(capability, lifetime: lifetime)
+            offered = capability
+            logger.info("offer published", metadata: ["gpus": "\(describeGPUs(capability.gpus))", "keys": "\(outcome.keysStored)/\(outcome.indexNames.count)"])
+        }
+        if let explorerSettings, let metrics {
+            let e = try Explorer(node: node, metrics: metrics, settings: explorerSettings, logger: Logger(label: "gpumesh.explorer"))
+            let port = try await e.start()
+            explorer = e
+            explorerURL = e.url(port: port)
+        }
+    } catch {
+        await node.stop()
+        loop.shutdown()
+        throw CLIError("\(error)")
+    }
+    let status = try await node.status()
+    if json {
+        var object = try JSONValue(encoding: status)
+        if let explorerURL, case .object(var fields) = object {
+            fields["explorer"] = .string(explorerURL)
+            object = .object(fields)
+        }
+        try printJSONValue(object)
+    } else {
+        print("node \(status.peerID) running")
+        printEndpoints(status, indent: "  ")
+        print("  control  \(dir.controlSocket)")
+        if let explorerURL { print("  explorer \(explorerURL)") }
+        print(seeds.isEmpty ? "  dht      no bootstrap peers: waiting for others to join through this node"
+                            : "  dht      joining through \(seeds.count) bootstrap peer\(seeds.count == 1 ? "" : "s")")
+        if let offered {
+            print("  offer    \(describeGPUs(offered.gpus)) at \(offered.price) points per GPU-hour, \(offered.totalSlots) slot\(offered.totalSlots == 1 ? "" : "s")")
+        }
+        print("stop with Ctrl-C or SIGTERM")
+    }
+    flushOutput()
+    let signal = await signals.wait()
+    logger.info("shutting down", metadata: ["signal": "\(signal == SIGINT ? "SIGINT" : "SIGTERM")"])
+    await explorer?.stop()
+    if let snapshot = try? await node.dhtSnapshot() { savePeersCache(snapshot, to: dir.peersCache, logger: logger) }
+    await node.stop()
+    loop.shutdown()
+    if !json { print("node stopped") }
 }

@@ -1,0 +1,186 @@
+import Foundation
+import Logging
+import MeshCore
+import MeshCrypto
+import MeshJobs
+import MeshMarket
+import MeshRuntime
+@testable import MeshExplorer
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An HTTP answer as the tests read it.
+struct HTTPAnswer {
+    var status: Int
+    var headers: [String: String]
+    var body: [UInt8]
+    var text: String { String(decoding: body, as: UTF8.self) }
+    var contentType: String { headers["content-type"] ?? "" }
+    /// The body as a JSON object (nil when it is not one).
+    var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] }
+    /// The body as a JSON array (nil when it is not one).
+    var jsonArray: [Any]? { (try? JSONSerialization.jsonObject(with: Data(body))) as? [Any] }
+}
+
+struct HTTPFailure: Error, CustomStringConvertible { var description: String }
+
+/// One HTTP/1.1 request over a real TCP connection to 127.0.0.1:`port` (blocking; run from a
+/// test task). Reads to end of file (`Connection: close`); decodes a chunked body.
+func http(_ port: Int, _ path: String, method: String = "GET", host: String? = nil) throws -> HTTPAnswer {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw HTTPFailure(description: "socket: \(errno)") }
+    defer { close(fd) }
+    var timeout = timeval(tv_sec: 30, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw HTTPFailure(description: "connect to port \(port): \(errno)") }
+    let request = "\(method) \(path) HTTP/1.1\r\nHost: \(host ?? "127.0.0.1:\(port)")\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    let bytes = Array(request.utf8)
+    guard send(fd, bytes, bytes.count, 0) == bytes.count else { throw HTTPFailure(description: "send: \(errno)") }
+    var raw: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &buffer, buffer.count, 0)
+        if n < 0 { throw HTTPFailure(description: "recv: \(errno)") }
+        if n == 0 { break }
+        raw += buffer[0..<n]
+    }
+    guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { throw HTTPFailure(description: "no header end in \(raw.count) bytes") }
+    let head = String(decoding: raw[..<split.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+    guard let statusLine = head.first, statusLine.hasPrefix("HTTP/1.1 "), let status = Int(statusLine.dropFirst(9).prefix(3)) else {
+        throw HTTPFailure(description: "bad status line \(head.first ?? "")")
+    }
+    var headers: [String: String] = [:]
+    for line in head.dropFirst() {
+        guard let colon = line.firstIndex(of: ":") else { continue }
+        headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+    }
+    var body = Array(raw[split.upperBound...])
+    if headers["transfer-encoding"]?.lowercased() == "chunked" {
+        var out: [UInt8] = []
+        var rest = body[...]
+        while let lineEnd = rest.firstRange(of: Array("\r\n".utf8)) {
+            guard let size = Int(String(decoding: rest[..<lineEnd.lowerBound], as: UTF8.self), radix: 16) else { break }
+            if size == 0 { break }
+            let start = lineEnd.upperBound
+            out += rest[start..<start + size]
+            rest = rest[(start + size + 2)...]
+        }
+        body = out
+    }
+    return HTTPAnswer(status: status, headers: headers, body: body)
+}
+
+/// `http` from async code (off the cooperative pool's threads).
+func get(_ port: Int, _ path: String, method: String = "GET", host: String? = nil) async throws -> HTTPAnswer {
+    try await withCheckedThrowingContinuation { c in
+        Thread.detachNewThread { c.resume(with: Result { try http(port, path, method: method, host: host) }) }
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `seconds` pass; its last answer.
+func eventually(_ seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    return try await condition()
+}
+
+/// True where bubblewrap sandboxes can run jobs here.
+let sandboxWorks: Bool = {
+    guard case .success(let tools) = Sandbox.Tools.find(), case .success = Sandbox.probe(tools: tools) else { return false }
+    return true
+}()
+
+/// Options for a node on 127.0.0.1 with free ports, a fresh identity and 1-second heartbeats.
+func loopbackOptions(bootstrap: [Contact] = []) -> MeshNode.Options {
+    var config = NodeConfig()
+    config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
+    config.provider.heartbeatIntervalSeconds = 1
+    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "explorer-test"))
+    o.bootstrap = bootstrap
+    return o
+}
+
+/// A providing node offering simulated GPUs (`profile`) on a host named `cpuModel`.
+func startProvider(on loop: EventLoop, bootstrap: [Contact], gpus profile: String, price: String, slots: Int, cpuModel: String) async throws -> MeshNode {
+    let node = try await MeshNode.start(on: loop, options: loopbackOptions(bootstrap: bootstrap))
+    var terms = ProviderConfig()
+    terms.price = Price(parsing: price)!
+    terms.slots = slots
+    let host = HostFacts(cpuModel: cpuModel, cpuCores: 8, ramMiB: 32_768, diskFreeMiB: 100_000)
+    _ = try await node.provide(OfferBuilder.capability(contact: node.contact, gpus: try SimulatedGPUs.parse(profile), host: host, terms: terms,
+                                                       available: [.sandbox]))
+    return node
+}
+
+/// The small mesh every explorer test reads: the explorer's node E (a renter), provider P
+/// (2x rtx-4090 at 1.5), provider Q (1x a100-80gb at 3, with a CPU name full of markup), and,
+/// where the sandbox works, one job E ran on P (a receipt, a job with a log). Started once for
+/// the whole test process.
+final class Fixture: Sendable {
+    let loop: EventLoop
+    let explorerNode: MeshNode
+    let p: MeshNode
+    let q: MeshNode
+    let explorer: Explorer
+    let port: Int
+    /// The job E ran on P (nil without a sandbox).
+    let jobID: String?
+    /// Markup in Q's CPU name: the pages must show it as text.
+    static let hostileCPU = "<script>alert(1)</script> & \"co\""
+
+    private init(loop: EventLoop, explorerNode: MeshNode, p: MeshNode, q: MeshNode, explorer: Explorer, port: Int, jobID: String?) {
+        self.loop = loop; self.explorerNode = explorerNode; self.p = p; self.q = q; self.explorer = explorer; self.port = port; self.jobID = jobID
+    }
+
+    private static let shared = Task { () throws -> Fixture in try await make() }
+
+    /// The fixture, started on first use.
+    static func get() async throws -> Fixture { try await shared.value }
+
+    private static func make() async throws -> Fixture {
+        let loop = try EventLoop(name: "explorer-test")
+        let p = try await startProvider(on: loop, bootstrap: [], gpus: "2x rtx-4090", price: "1.5", slots: 2, cpuModel: "Test CPU")
+        let q = try await startProvider(on: loop, bootstrap: [p.contact], gpus: "1x a100-80gb", price: "3", slots: 1, cpuModel: hostileCPU)
+        let metrics = ExplorerMetrics()
+        var options = loopbackOptions(bootstrap: [p.contact])
+        options.metricsFactory = metrics.factory
+        let e = try await MeshNode.start(on: loop, options: options)
+        let explorer = try Explorer(node: e, metrics: metrics, settings: .init(listen: "127.0.0.1:0"))
+        let port = try await explorer.start()
+        // Both offers heard on gossip, and a heartbeat from each provider.
+        _ = try await eventually(20) {
+            let offers = try await e.announcedOffers().count, beats = try await e.peerLiveness().count
+            return offers == 2 && beats == 2
+        }
+        var jobID: String?
+        if sandboxWorks {
+            let spec = try JobSpec(toml: """
+            name = "explorer-test"
+            command = ["sh", "-c", "echo hello from the job; echo second line >&2; sleep 0.5"]
+            max_price = 2
+            [resources]
+            gpus = 1
+            time_limit = "60s"
+            """)
+            let dir = "/tmp/gm-explorer-\(UUID().uuidString.prefix(8))"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let info = try await e.runJob(JobRequest(spec: spec, inputPaths: [], outputRoot: dir, provider: p.contact))
+            jobID = info.id
+            // The provider's copy of the receipt and the scores that follow from it.
+            _ = await e.recomputeReputation()
+        }
+        return Fixture(loop: loop, explorerNode: e, p: p, q: q, explorer: explorer, port: port, jobID: jobID)
+    }
+}

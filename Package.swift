@@ -20,6 +20,7 @@ let package = Package(
         // The explorer's web stack; no default traits (skips swift-configuration and full Foundation).
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         // C libraries, each behind one door.
@@ -60,6 +61,7 @@ let package = Package(
                 "MeshRuntime", "MeshCore", "MeshCrypto", "MeshMarket", "MeshGossip", "MeshLedger", "MeshJobs",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],

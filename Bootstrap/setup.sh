@@ -7,6 +7,7 @@
 #
 #   Bootstrap/setup.sh            packages for building, running and testing
 #   GPUMESH_SETUP_QUIET=1 ...     print only what changes
+#   GPUMESH_SETUP_BROWSER=0 ...   skip headless Chromium (only the explorer's browser test uses it)
 set -euo pipefail
 
 # Debian package -> why we need it.
@@ -49,9 +50,31 @@ python_interop() {
     || echo "setup: warning: could not pip-install noiseprotocol and pynacl; the python interop test will be skipped" >&2
 }
 
+# Optional: Debian's chromium, for the explorer's browser test (Tests/MeshExplorerTests/
+# BrowserTests.swift) and Docs/make-screenshots.sh; nothing else needs a browser. Without it
+# that suite is skipped with its reason.
+browser() {
+  [ "${GPUMESH_SETUP_BROWSER:-1}" = 0 ] && { say "skip     chromium (GPUMESH_SETUP_BROWSER=0)"; return 0; }
+  if dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+    say "ok       chromium (the explorer's browser test)"
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 || { say "skip     chromium (no apt-get)"; return 0; }
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { say "skip     chromium (not root and no sudo)"; return 0; }
+    sudo=(sudo)
+  fi
+  say "installing chromium for the explorer's browser test"
+  export DEBIAN_FRONTEND=noninteractive
+  { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+    || echo "setup: warning: could not install chromium; the explorer's browser test will be skipped" >&2
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   say "all system packages present"
   python_interop
+  browser
   exit 0
 fi
 
@@ -82,3 +105,4 @@ if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 echo "setup: installed ${missing[*]}"
 python_interop
+browser

@@ -6,6 +6,7 @@ import MeshMarket
 import MeshRuntime
 import Metrics
 import Prometheus
+import ServiceLifecycle
 import Synchronization
 
 /// The metrics a node reports, kept in a Prometheus registry for the explorer's `/metrics`.
@@ -53,7 +54,10 @@ public final class Explorer: Sendable {
     let host: String
     let port: Int
     let logger: Logger
-    private let running = Mutex<Task<Void, any Error>?>(nil)
+    /// The running server: its service group (stopped gracefully) and the task running it.
+    private let running = Mutex<(group: ServiceGroup, task: Task<Void, any Error>)?>(nil)
+    /// Reward points, kept up to date across requests.
+    let rewards = RewardsCache()
 
     /// Checks the settings (address syntax, loopback unless public); nothing is bound yet.
     public init(node: MeshNode, metrics: ExplorerMetrics, settings: Settings, logger: Logger = Logger(label: "gpumesh.explorer")) throws(ExplorerProblem) {
@@ -100,11 +104,14 @@ public final class Explorer: Sendable {
             configuration: .init(address: .hostname(host, port: port), serverName: nil),
             onServerRunning: { channel in continuation.yield(channel.localAddress?.port ?? 0); continuation.finish() },
             logger: logger)
+        // A service group without signal handlers: the node's command owns SIGINT and SIGTERM,
+        // and `stop` shuts the server down gracefully (open requests finish first).
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
         let task = Task {
-            do { try await app.run() } catch { continuation.finish(); throw error }
+            do { try await group.run() } catch { continuation.finish(); throw error }
         }
         for await bound in stream {
-            running.withLock { $0 = task }
+            running.withLock { $0 = (group, task) }
             return bound
         }
         // The server stopped before it ran: binding failed.
@@ -119,8 +126,8 @@ public final class Explorer: Sendable {
 
     /// Stops serving and waits for the server to close.
     public func stop() async {
-        guard let task = running.withLock({ t in defer { t = nil }; return t }) else { return }
-        task.cancel()
+        guard let (group, task) = running.withLock({ r in defer { r = nil }; return r }) else { return }
+        await group.triggerGracefulShutdown()
         _ = try? await task.value
     }
 }

@@ -75,6 +75,7 @@ enum HTML {
         if s >= 86_400 { return "\(s / 86_400)d \(s % 86_400 / 3600)h" }
         if s >= 3600 { return "\(s / 3600)h \(s % 3600 / 60)m" }
         if s >= 60 { return "\(s / 60)m \(s % 60)s" }
+        if seconds < 1 { return String(format: "%.0f ms", seconds * 1000) }
         return String(format: "%.1fs", seconds)
     }
 
@@ -94,8 +95,9 @@ enum Pages {
     /// The navigation entries: path and label.
     static let navigation = [("/", "Overview"), ("/capacity", "Capacity"), ("/peers", "Peers"), ("/jobs", "Jobs"), ("/rewards", "Rewards")]
 
-    /// A whole page around `live`. `refresh`: seconds between refreshes of the live part (0: none).
-    static func page(title: String, path: String, node: String, refresh: Int, live: String, extra: String = "") -> String {
+    /// A whole page around `live`, with `lead` before it and `extra` after it (both outside the
+    /// live part). `refresh`: seconds between refreshes of the live part (0: none).
+    static func page(title: String, path: String, node: String, refresh: Int, live: String, lead: String = "", extra: String = "") -> String {
         let nav = navigation.map { p, label in
             let current = p == "/" ? path == "/" : path.hasPrefix(p)
             return "<a href=\"\(p)\"\(current ? " class=\"current\" aria-current=\"page\"" : "")>\(label)</a>"
@@ -108,7 +110,7 @@ enum Pages {
         <body data-refresh="\(refresh)">
         <header><span class="brand">GPUMesh explorer</span><span class="self">as seen by \(HTML.peer(node))</span><nav>\(nav)</nav></header>
         <main><h1>\(HTML.escape(title))</h1>
-        <div id="live">\(live)</div>\(extra)
+        \(lead)<div id="live">\(live)</div>\(extra)
         <p class="updated">\(refresh > 0 ? "refreshes every \(refresh) s; " : "")updated <span id="updated">\(HTML.time(UInt64(Date().timeIntervalSince1970 * 1000)))</span></p>
         </main></body></html>
         """
@@ -219,7 +221,7 @@ enum Pages {
                 ("offer-executors", "Executors", HTML.escape(o.executors.map(\.rawValue).joined(separator: ", "))),
                 ("offer-host", "Host", HTML.escape("\(o.cpuModel), \(o.cpuCores) cores, \(HTML.mib(o.ramMiB)) RAM, \(HTML.mib(o.diskFreeMiB)) disk free")),
                 ("offer-region", "Region", o.region.isEmpty ? "not given" : HTML.escape(o.region)),
-                ("offer-record", "Record", "sequence \(o.sequence), expires \(HTML.time(o.expiresAtMs))"),
+                ("offer-record", "Record", "sequence \(o.sequence), expires \(HTML.time(o.expiresAtMilliseconds))"),
             ])
         } else {
             out += "<p class=\"empty\" id=\"offer-none\">No live offer heard from this peer.</p>"
@@ -298,8 +300,8 @@ enum Pages {
     static func rewards(_ v: RewardsView) -> String {
         var out = HTML.stats([
             ("rewards-epoch", "Epoch", "\(v.epoch) (\(HTML.day(v.epoch))\(v.epoch == v.currentEpoch ? ", today" : ""))"),
-            ("rewards-peers", "Peers with points", "\(v.leaderboard.count)"),
-            ("rewards-earned", "Earned in all", HTML.points(v.leaderboard.reduce(0) { $0 + $1.earnedMillipoints })),
+            ("rewards-peers", "Peers with points", "\(v.peersWithPoints)\(v.peersWithPoints > v.leaderboard.count ? " (first \(v.leaderboard.count) shown)" : "")"),
+            ("rewards-earned", "Earned in all", HTML.points(v.epochs.first { $0.epoch == v.epoch }?.earnedMillipoints ?? 0)),
         ])
         out += "<nav class=\"epochs\">" + v.epochs.suffix(14).map {
             "<a href=\"/rewards?epoch=\($0.epoch)\"\($0.epoch == v.epoch ? " class=\"current\"" : "")>\(HTML.day($0.epoch))</a>"

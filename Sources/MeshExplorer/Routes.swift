@@ -16,7 +16,7 @@ import Metrics
 /// answer a 503; JSON errors are `{"error": MESSAGE, "status": CODE}`.
 struct Routes: Sendable {
     let explorer: Explorer
-    var source: ViewSource { ViewSource(node: explorer.node) }
+    var source: ViewSource { ViewSource(node: explorer.node, rewards: explorer.rewards) }
     var selfID: String { explorer.node.peerID.hex }
 
     /// What `/api` lists: path and what it returns.
@@ -28,7 +28,7 @@ struct Routes: Sendable {
         ("/api/jobs", "this node's jobs (JobsView)"),
         ("/api/jobs/{job_id}", "one job and its log from ?offset= (JobView)"),
         ("/api/jobs/{job_id}/log", "the job's log from ?offset= (JobView)"),
-        ("/api/rewards", "the leaderboard of ?epoch= (default: the latest with receipts) and totals per epoch (RewardsView)"),
+        ("/api/rewards", "the first ?limit= (default 100) of the leaderboard of ?epoch= (default: the latest with receipts) and totals per epoch (RewardsView)"),
         ("/metrics", "Prometheus text format"),
     ]
 
@@ -43,7 +43,7 @@ struct Routes: Sendable {
             let live = Pages.capacity(try await source.capacity(query))
             if Self.partial(request) { return Reply.html(live) }
             return Reply.html(Pages.page(title: "Capacity", path: "/capacity", node: selfID, refresh: explorer.settings.refreshSeconds,
-                                         live: live, extra: "").replacingOccurrences(of: "<div id=\"live\">", with: Pages.capacityForm(values) + "<div id=\"live\">"))
+                                         live: live, lead: Pages.capacityForm(values)))
         }
         router.get("/peers") { request, _ in try await page(request, "Peers", Pages.peers(source.peers())) }
         router.get("/peers/:id") { request, context in
@@ -59,7 +59,8 @@ struct Routes: Sendable {
                                          live: Pages.job(v), extra: Pages.jobLog(v)))
         }
         router.get("/rewards") { request, _ in
-            let v = try source.rewards(epoch: try Self.epoch(Self.params(request)))
+            let q = Self.params(request)
+            let v = try source.rewards(epoch: try Self.epoch(q), limit: try Self.limit(q))
             return try await page(request, "Rewards", Pages.rewards(v))
         }
 
@@ -81,7 +82,8 @@ struct Routes: Sendable {
             Reply.json(try await source.job(context.parameters.get("id") ?? "", logFrom: try Self.offset(Self.params(request))))
         }
         router.get("/api/rewards") { request, _ in
-            Reply.json(try source.rewards(epoch: try Self.epoch(Self.params(request))))
+            let q = Self.params(request)
+            return Reply.json(try source.rewards(epoch: try Self.epoch(q), limit: try Self.limit(q)))
         }
 
         // Metrics and assets.
@@ -171,6 +173,13 @@ struct Routes: Sendable {
         guard let e = value(q, "epoch") else { return nil }
         if e == "today" { return Rewards.epoch(of: UInt64(Date().timeIntervalSince1970 * 1000)) }
         guard let n = UInt64(e), n < 1_000_000 else { throw ExplorerProblem(400, "epoch: '\(e.prefix(40))' is not a day number (days since 1970-01-01 UTC) or 'today'") }
+        return n
+    }
+
+    /// `limit`: rows of a leaderboard, 1 to 10,000; 100 when absent.
+    static func limit(_ q: [String: String]) throws(ExplorerProblem) -> Int {
+        guard let l = value(q, "limit") else { return 100 }
+        guard let n = Int(l), (1...10_000).contains(n) else { throw ExplorerProblem(400, "limit: '\(l.prefix(40))' is not a number of rows from 1 to 10000") }
         return n
     }
 

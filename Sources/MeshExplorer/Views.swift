@@ -6,6 +6,7 @@ import MeshJobs
 import MeshLedger
 import MeshMarket
 import MeshRuntime
+import Synchronization
 
 // The explorer's views: what each page and its JSON twin show, gathered from one node's own
 // DHT view, gossip and ledger. Every view is a plain Codable value (the JSON API encodes it
@@ -73,60 +74,14 @@ public struct OverviewView: Codable, Sendable, Equatable {
     public var jobsRunning: Int, jobsCompleted: Int, jobsFailed: Int
 }
 
-/// One provider's offer, as the capacity table and the peer page show it.
-public struct OfferView: Codable, Sendable, Equatable {
-    /// The provider's peer ID.
-    public var peerID: String
-    /// Its contact string.
-    public var contact: String
-    /// Its GPUs, by model.
-    public var gpus: [GPUGroup]
-    /// GPUs in all.
-    public var totalGPUs: Int
-    /// Points per GPU-hour.
-    public var price: Price
-    /// Job slots: free and in all.
-    public var freeSlots: Int, totalSlots: Int
-    /// Executors offered.
-    public var executors: [Executor]
-    /// Region label.
-    public var region: String
-    /// Host facts.
-    public var cpuModel: String, cpuCores: Int, ramMiB: Int, diskFreeMiB: Int
-    /// The record's sequence number and expiry (Unix ms).
-    public var sequence: UInt64, expiresAtMs: UInt64
-    /// This node's view of the provider's reputation (nil: no evidence, counts as 0.5).
-    public var reputation: Double?
-
-    init(_ record: CapabilityRecord, reputation: Double?) {
-        let c = record.capability
-        peerID = c.contact.peerID.hex
-        contact = c.contact.description
-        gpus = c.gpus
-        totalGPUs = c.totalGPUs
-        price = c.price
-        freeSlots = c.freeSlots
-        totalSlots = c.totalSlots
-        executors = c.executors
-        region = c.region
-        cpuModel = c.cpuModel
-        cpuCores = c.cpuCores
-        ramMiB = c.ramMiB
-        diskFreeMiB = c.diskFreeMiB
-        sequence = record.sequence
-        expiresAtMs = record.expiresAt
-        self.reputation = reputation
-    }
-}
-
 /// The capacity page: offers that match a filter, best first (as `find` ranks them).
 public struct CapacityView: Codable, Sendable, Equatable {
     /// Offers heard in all.
     public var offersKnown: Int
     /// Offers that match the filter.
     public var matched: Int
-    /// The best `limit` of them.
-    public var offers: [OfferView]
+    /// The best `limit` of them (as `find --json` prints offers, without round-trip times).
+    public var offers: [OfferJSON]
 }
 
 /// A peer this node knows of, with where it knows it from.
@@ -204,7 +159,7 @@ public struct PeerView: Codable, Sendable, Equatable {
     /// Its routing-table entry: bucket and milliseconds since last seen (nil: not in the table).
     public var bucket: Int?, lastSeenMsAgo: UInt64?
     /// Its live offer, if it provides.
-    public var offer: OfferView?
+    public var offer: OfferJSON?
     /// Its heartbeats (nil: none heard).
     public var uptime: UptimeView?
     /// This node's view of its reputation.
@@ -272,8 +227,10 @@ public struct RewardsView: Codable, Sendable, Equatable {
     public var epoch: UInt64
     /// The current epoch.
     public var currentEpoch: UInt64
-    /// The epoch's peers, most earned first (then most spent).
+    /// The epoch's peers, most earned first (then most spent): the first `limit` of them.
     public var leaderboard: [LeaderboardRow]
+    /// Peers with points in the epoch, shown or not.
+    public var peersWithPoints: Int
     /// Every epoch with receipts, oldest first (at most the last 60).
     public var epochs: [EpochTotal]
 }
@@ -294,6 +251,7 @@ public struct ExplorerProblem: Error, Equatable, CustomStringConvertible, Sendab
 /// node state is read on the node's loop.
 struct ViewSource: Sendable {
     let node: MeshNode
+    let rewards: RewardsCache
     /// Receipts the peer page lists at most.
     static let receiptsShown = 50
 
@@ -369,7 +327,7 @@ struct ViewSource: Sendable {
             .filter { o in query.minReputation.map { (o.reputation ?? Ranking.unknownReputation) >= $0 } ?? true }
             .sorted(by: Ranking.precedes)
         return CapacityView(offersKnown: records.count, matched: matching.count,
-                            offers: matching.prefix(query.limit).map { OfferView($0.record, reputation: $0.reputation) })
+                            offers: matching.prefix(query.limit).map(OfferJSON.init))
     }
 
     /// Every peer this node knows of: routing table, heartbeats, offers, ledger; sorted by ID.
@@ -424,7 +382,6 @@ struct ViewSource: Sendable {
         var receipts: [ReceiptView] = []
         var points: [Rewards.Entry] = []
         if let key {
-            let hex = Hex.encode(key.bytes)
             receipts = try ledger { try $0.receipts(involving: key, limit: Self.receiptsShown, newestFirst: true) }.map { s in
                 let r = s.receipt
                 let asProvider = r.provider == key
@@ -433,7 +390,7 @@ struct ViewSource: Sendable {
                                    gpuMs: r.gpuMilliseconds, chargeMillipoints: r.charge, startedAtMs: r.startedAt, exitStatus: r.exitStatus,
                                    source: s.source.rawValue)
             }
-            points = try ledger { Rewards.compute(try $0.rewardFacts()) }.filter { $0.peer == hex }.sorted { $0.epoch < $1.epoch }
+            points = try ledger { try rewards.tally($0) }.entries(peer: key)
         }
         let uptime = beats.map { b in
             UptimeView(firstHeardMs: b.entry.firstHeard, lastHeardMs: b.entry.lastHeard, heartbeats: b.entry.count, availability: b.availability,
@@ -444,7 +401,7 @@ struct ViewSource: Sendable {
         return PeerView(peerID: id.hex, publicKey: key.map { Hex.encode($0.bytes) }, isSelf: id == node.peerID,
                         contact: entry?.contact ?? record?.capability.contact.description ?? (id == node.peerID ? node.contact.description : nil),
                         bucket: entry?.bucket, lastSeenMsAgo: entry?.lastSeenMillisecondsAgo,
-                        offer: record.map { OfferView($0, reputation: score?.value) }, uptime: uptime, reputation: reputation,
+                        offer: record.map { OfferJSON(RankedOffer(record: $0, reputation: score?.value)) }, uptime: uptime, reputation: reputation,
                         receipts: receipts, receiptsShown: Self.receiptsShown, points: points)
     }
 
@@ -485,20 +442,38 @@ struct ViewSource: Sendable {
         return 0
     }
 
-    func rewards(epoch: UInt64?) throws(ExplorerProblem) -> RewardsView {
-        let all = try ledger { Rewards.compute(try $0.rewardFacts()) }
+    func rewards(epoch: UInt64?, limit: Int) throws(ExplorerProblem) -> RewardsView {
+        let tally = try ledger { try rewards.tally($0) }
         let current = Rewards.epoch(of: Self.now)
-        var totals: [UInt64: EpochTotal] = [:]
-        for e in all {
-            var t = totals[e.epoch] ?? EpochTotal(epoch: e.epoch, earnedMillipoints: 0, jobs: 0)
-            t.earnedMillipoints += e.earnedMillipoints
-            t.jobs += e.jobsProvided
-            totals[e.epoch] = t
+        let epochs = tally.epochs.suffix(60)
+        let totals = epochs.map { e in
+            tally.entries(epoch: e).reduce(into: EpochTotal(epoch: e, earnedMillipoints: 0, jobs: 0)) {
+                let (sum, overflow) = $0.earnedMillipoints.addingReportingOverflow($1.earnedMillipoints)
+                $0.earnedMillipoints = overflow ? .max : sum
+                $0.jobs += $1.jobsProvided
+            }
         }
-        let shown = epoch ?? totals.keys.max() ?? current
-        let board = all.filter { $0.epoch == shown }
+        let shown = epoch ?? epochs.last ?? current
+        let board = tally.entries(epoch: shown)
             .sorted { ($0.earnedMillipoints, $0.spentMillipoints, $1.peer) > ($1.earnedMillipoints, $1.spentMillipoints, $0.peer) }
-        return RewardsView(epoch: shown, currentEpoch: current, leaderboard: board.map(LeaderboardRow.init),
-                           epochs: Array(totals.values.sorted { $0.epoch < $1.epoch }.suffix(60)))
+        return RewardsView(epoch: shown, currentEpoch: current, leaderboard: board.prefix(limit).map(LeaderboardRow.init),
+                           peersWithPoints: board.count, epochs: totals)
+    }
+}
+
+/// The reward tally of the ledger, kept up to date incrementally: each read adds only the
+/// receipts stored since the last one (receipts are never removed), so a page costs the new
+/// receipts, not all of them. Shared by every request of one explorer.
+final class RewardsCache: Sendable {
+    private let state = Mutex<(tally: Rewards.Tally, last: Int64)>((Rewards.Tally(), 0))
+
+    /// The tally over every receipt `ledger` holds now.
+    func tally(_ ledger: Ledger) throws -> Rewards.Tally {
+        try state.withLock { s in
+            let (facts, last) = try ledger.rewardFacts(after: s.last)
+            s.tally.add(facts)
+            s.last = last
+            return s.tally
+        }
     }
 }

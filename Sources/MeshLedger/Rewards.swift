@@ -88,15 +88,42 @@ public enum Rewards {
     /// Every peer's entry in every epoch (or only `epoch`), sorted by epoch, then points earned
     /// (most first), then peer. Sums saturate instead of overflowing.
     public static func compute(_ receipts: some Sequence<Facts>, epoch only: UInt64? = nil) -> [Entry] {
-        var table: [UInt64: [PublicKey: Entry]] = [:]
-        for r in receipts {
-            let e = epoch(of: r.startedAt)
-            if let only, e != only { continue }
-            table[e, default: [:]][r.provider, default: Entry(peer: Hex.encode(r.provider.bytes), epoch: e)].add(provided: r)
-            table[e, default: [:]][r.renter, default: Entry(peer: Hex.encode(r.renter.bytes), epoch: e)].add(rented: r)
+        var tally = Tally()
+        tally.add(receipts, epoch: only)
+        return tally.entries()
+    }
+
+    /// Running sums per epoch and peer: receipts can be added in any order and any number of
+    /// batches, and the entries are the same as `compute` over all of them.
+    public struct Tally: Sendable {
+        private var table: [UInt64: [PublicKey: Entry]] = [:]
+
+        /// An empty tally.
+        public init() {}
+
+        /// Adds receipts (only those of `epoch`, when given).
+        public mutating func add(_ receipts: some Sequence<Facts>, epoch only: UInt64? = nil) {
+            for r in receipts {
+                let e = Rewards.epoch(of: r.startedAt)
+                if let only, e != only { continue }
+                table[e, default: [:]][r.provider, default: Entry(peer: Hex.encode(r.provider.bytes), epoch: e)].add(provided: r)
+                table[e, default: [:]][r.renter, default: Entry(peer: Hex.encode(r.renter.bytes), epoch: e)].add(rented: r)
+            }
         }
-        return table.keys.sorted().flatMap { e in
-            table[e]!.values.sorted { ($0.earnedMillipoints, $1.peer) > ($1.earnedMillipoints, $0.peer) }
+
+        /// The epochs with receipts, oldest first.
+        public var epochs: [UInt64] { table.keys.sorted() }
+
+        /// Every entry (or those of `epoch`), sorted as `compute` sorts them.
+        public func entries(epoch only: UInt64? = nil) -> [Entry] {
+            (only.map { [$0] } ?? epochs).flatMap { e in
+                (table[e] ?? [:]).values.sorted { ($0.earnedMillipoints, $1.peer) > ($1.earnedMillipoints, $0.peer) }
+            }
+        }
+
+        /// `peer`'s entries, oldest epoch first.
+        public func entries(peer: PublicKey) -> [Entry] {
+            epochs.compactMap { table[$0]?[peer] }
         }
     }
 }

@@ -13,7 +13,7 @@ extension GPUMesh {
         static let configuration = CommandConfiguration(
             abstract: "Measure the mesh's building blocks (run from a release build).",
             discussion: "Build first: swift build -c release --product gpumesh. Figures go in Docs/BENCHMARKS.md.",
-            subcommands: [LoopBench.self, TransportBench.self, DHTBench.self, FindBench.self, GossipBench.self, JobsBench.self, LedgerBench.self])
+            subcommands: [LoopBench.self, TransportBench.self, DHTBench.self, FindBench.self, GossipBench.self, JobsBench.self, LedgerBench.self, ExplorerBench.self])
     }
 
     /// Options every benchmark takes.

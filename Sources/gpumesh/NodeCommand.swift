@@ -45,11 +45,11 @@ extension GPUMesh {
             commandName: "explorer",
             abstract: "Run a peer and serve its explorer: the mesh as this peer sees it, in a browser, in JSON and as metrics.",
             discussion: """
-            The same peer as `gpumesh node` (same data directory, config and options), with the explorer served at
-            --listen: pages Overview, Capacity, Peers, Peer, Jobs and Rewards; JSON under /api/ (Docs/PROTOCOL.md,
-            "Explorer"); Prometheus text at /metrics. Everything shown comes from this peer's own routing table,
-            what it heard on gossip and its ledger: no indexer. Binds loopback only unless --public is given.
-            When a node already runs with this data directory, restart it with `gpumesh node --explorer ADDR`
+            The same peer as `gpumesh node` (same data directory, config and options), with the explorer served at \
+            --listen: pages Overview, Capacity, Peers, Peer, Jobs and Rewards; JSON under /api/ (Docs/PROTOCOL.md, \
+            "Explorer"); Prometheus text at /metrics. Everything shown comes from this peer's own routing table, \
+            what it heard on gossip and its ledger: no indexer. Binds loopback only unless --public is given. \
+            When a node already runs with this data directory, restart it with `gpumesh node --explorer ADDR` \
             instead (two peers cannot share one identity and data directory).
             """)
 

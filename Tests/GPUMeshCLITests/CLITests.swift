@@ -266,6 +266,41 @@ struct CLITests {
         #expect(try run(["status", "--data-dir", dir]).status == 1)
     }
 
+    @Test("node --explorer serves the explorer (JSON and Prometheus over HTTP); explorer refuses a public address without --public and advises node --explorer when a node already runs")
+    func explorer() throws {
+        let refused = try run(["explorer", "--listen", "0.0.0.0:8080"])
+        #expect(refused.status != 0 && refused.stderr.contains("not a loopback address") && refused.stderr.contains("--public"))
+        #expect(try run(["node", "--explorer", "nonsense"]).stderr.contains("--explorer"))
+
+        let dir = try tempDataDir()
+        #expect(try run(["init", "--data-dir", dir]).status == 0)
+        let node = try Background(["node", "--data-dir", dir, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--explorer", "127.0.0.1:0", "--json",
+                                   "--log-level", "warning"])
+        let started = node.firstLine
+        let url = try #require(started["explorer"] as? String)
+        let port = try #require(url.split(separator: ":").last.flatMap { Int($0.dropLast()) })
+        #expect(url == "http://127.0.0.1:\(port)/")
+
+        // Plain HTTP through bash's /dev/tcp: no client library between the test and the server.
+        func fetch(_ path: String) throws -> (head: String, body: String) {
+            let script = "exec 3<>/dev/tcp/127.0.0.1/\(port) && printf 'GET \(path) HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' >&3 && cat <&3"
+            let r = try runProgram("/bin/bash", ["-c", script], timeout: 30)
+            let parts = r.stdout.components(separatedBy: "\r\n\r\n")
+            return (parts.first ?? "", parts.dropFirst().joined(separator: "\r\n\r\n"))
+        }
+        let overview = try fetch("/api/overview")
+        #expect(overview.head.hasPrefix("HTTP/1.1 200") && overview.head.lowercased().contains("content-type: application/json"))
+        #expect(try json(overview.body)["peer_id"] as? String == started["peer_id"] as? String)
+        let metrics = try fetch("/metrics")
+        #expect(metrics.head.hasPrefix("HTTP/1.1 200") && metrics.body.contains("gpumesh_datagrams_in_total{peer="))
+        #expect(try fetch("/api/peers/nonsense").head.hasPrefix("HTTP/1.1 400"))
+
+        let second = try run(["explorer", "--data-dir", dir, "--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0"])
+        #expect(second.status != 0 && second.stderr.contains("gpumesh node --explorer"))
+
+        #expect(node.stop() == 0)
+    }
+
     @Test("a node joins through a peers file; peers, dht put and dht get work through the control socket")
     func dhtCommands() throws {
         let a = try tempDataDir(), b = try tempDataDir()
@@ -604,6 +639,20 @@ struct CLITests {
             let r = try run(["simulate"] + bad)
             #expect(r.status != 0 && r.stderr.contains(message), "\(bad): \(r.stderr)")
         }
+    }
+
+    @Test("bench explorer --json prints every route's latency over a ledger and a throughput figure")
+    func benchExplorer() throws {
+        let r = try run(["bench", "explorer", "--json", "--receipts", "2000", "--peers", "100", "--requests", "3", "--concurrency", "2"], timeout: 180)
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try json(r.stdout)
+        for route in ["api_overview", "api_capacity", "api_peer", "api_rewards", "api_jobs", "metrics", "page_overview", "page_peer", "page_rewards"] {
+            let p50 = o[route + "_p50_ms"] as? Double ?? 0, p99 = o[route + "_p99_ms"] as? Double ?? 0
+            #expect(p50 > 0 && p99 >= p50, "\(route)")
+        }
+        #expect((o["overview_requests_per_s"] as? Double ?? 0) > 0 && o["receipts"] as? Int == 2000)
+        let bad = try run(["bench", "explorer", "--requests", "0"])
+        #expect(bad.status != 0 && bad.stderr.contains("--requests"))
     }
 
     @Test("bench ledger --json prints ingest against the signature floor, recompute, rewards and size")

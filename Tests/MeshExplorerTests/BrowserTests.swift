@@ -12,7 +12,7 @@ func renderedDOM(_ url: String, virtualMilliseconds: Int = 0) async throws -> St
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let out = dir + "/dom.html"
-    FileManager.default.createFile(atPath: out, contents: nil)
+    _ = FileManager.default.createFile(atPath: out, contents: nil)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: chromium!)
     // --no-sandbox: Chromium refuses to run as root with its own sandbox (CI runs as root).

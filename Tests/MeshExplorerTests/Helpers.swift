@@ -6,16 +6,11 @@ import MeshJobs
 import MeshMarket
 import MeshRuntime
 @testable import MeshExplorer
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// An HTTP answer as the tests read it.
-struct HTTPAnswer {
-    var status: Int
-    var headers: [String: String]
-    var body: [UInt8]
-    var text: String { String(decoding: body, as: UTF8.self) }
+/// An HTTP answer with the accessors the tests read.
+typealias HTTPAnswer = HTTPProbe.Answer
+
+extension HTTPProbe.Answer {
     var contentType: String { headers["content-type"] ?? "" }
     /// The body as a JSON object (nil when it is not one).
     var json: [String: Any]? { (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] }
@@ -25,63 +20,10 @@ struct HTTPAnswer {
 
 struct HTTPFailure: Error, CustomStringConvertible { var description: String }
 
-/// One HTTP/1.1 request over a real TCP connection to 127.0.0.1:`port` (blocking; run from a
-/// test task). Reads to end of file (`Connection: close`); decodes a chunked body.
-func http(_ port: Int, _ path: String, method: String = "GET", host: String? = nil) throws -> HTTPAnswer {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw HTTPFailure(description: "socket: \(errno)") }
-    defer { close(fd) }
-    var timeout = timeval(tv_sec: 30, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let connected = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard connected == 0 else { throw HTTPFailure(description: "connect to port \(port): \(errno)") }
-    let request = "\(method) \(path) HTTP/1.1\r\nHost: \(host ?? "127.0.0.1:\(port)")\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    let bytes = Array(request.utf8)
-    guard send(fd, bytes, bytes.count, 0) == bytes.count else { throw HTTPFailure(description: "send: \(errno)") }
-    var raw: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = recv(fd, &buffer, buffer.count, 0)
-        if n < 0 { throw HTTPFailure(description: "recv: \(errno)") }
-        if n == 0 { break }
-        raw += buffer[0..<n]
-    }
-    guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { throw HTTPFailure(description: "no header end in \(raw.count) bytes") }
-    let head = String(decoding: raw[..<split.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
-    guard let statusLine = head.first, statusLine.hasPrefix("HTTP/1.1 "), let status = Int(statusLine.dropFirst(9).prefix(3)) else {
-        throw HTTPFailure(description: "bad status line \(head.first ?? "")")
-    }
-    var headers: [String: String] = [:]
-    for line in head.dropFirst() {
-        guard let colon = line.firstIndex(of: ":") else { continue }
-        headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-    }
-    var body = Array(raw[split.upperBound...])
-    if headers["transfer-encoding"]?.lowercased() == "chunked" {
-        var out: [UInt8] = []
-        var rest = body[...]
-        while let lineEnd = rest.firstRange(of: Array("\r\n".utf8)) {
-            guard let size = Int(String(decoding: rest[..<lineEnd.lowerBound], as: UTF8.self), radix: 16) else { break }
-            if size == 0 { break }
-            let start = lineEnd.upperBound
-            out += rest[start..<start + size]
-            rest = rest[(start + size + 2)...]
-        }
-        body = out
-    }
-    return HTTPAnswer(status: status, headers: headers, body: body)
-}
-
-/// `http` from async code (off the cooperative pool's threads).
+/// One request over real TCP to the explorer on 127.0.0.1:`port`, off the cooperative pool's threads.
 func get(_ port: Int, _ path: String, method: String = "GET", host: String? = nil) async throws -> HTTPAnswer {
     try await withCheckedThrowingContinuation { c in
-        Thread.detachNewThread { c.resume(with: Result { try http(port, path, method: method, host: host) }) }
+        Thread.detachNewThread { c.resume(with: Result { try HTTPProbe.request(port: port, path: path, method: method, host: host) }) }
     }
 }
 

@@ -169,7 +169,9 @@ struct RouterTests {
             #expect(v["epoch"] as? Int == Int(today))
             #expect(board.map { $0["peer_id"] as? String } == [f.p.peerID.hex, f.explorerNode.peerID.hex])
             #expect((board.first?["earned_millipoints"] as? Int ?? 0) > 0 && (board.last?["spent_millipoints"] as? Int ?? 0) > 0)
-            #expect((v["epochs"] as? [[String: Any]])?.count == 1)
+            #expect((v["epochs"] as? [[String: Any]])?.count == 1 && v["peers_with_points"] as? Int == 2)
+            let first = try #require(try await get(f.port, "/api/rewards?limit=1").json)
+            #expect((first["leaderboard"] as? [[String: Any]])?.map { $0["peer_id"] as? String } == [f.p.peerID.hex] && first["peers_with_points"] as? Int == 2)
         } else {
             #expect(board.isEmpty)
         }
@@ -178,9 +180,9 @@ struct RouterTests {
         #expect(try await get(f.port, "/api/rewards?epoch=today").status == 200)
         let page = try await get(f.port, "/rewards")
         #expect(page.status == 200 && page.text.contains("id=\"chart-epochs\""))
-        for bad in ["epoch=yesterday", "epoch=-3", "epoch=99999999999"] {
+        for bad in ["epoch=yesterday", "epoch=-3", "epoch=99999999999", "limit=0", "limit=many"] {
             let answer = try await get(f.port, "/api/rewards?\(bad)")
-            #expect(answer.status == 400 && (answer.json?["error"] as? String)?.hasPrefix("epoch") == true, "\(bad)")
+            #expect(answer.status == 400 && (answer.json?["error"] as? String)?.hasPrefix(String(bad.prefix { $0 != "=" })) == true, "\(bad)")
             #expect(try await get(f.port, "/rewards?\(bad)").status == 400)
         }
     }
@@ -240,6 +242,11 @@ struct RouterTests {
         #expect(nopePage.status == 404 && nopePage.contentType.hasPrefix("text/html"))
         #expect(try await get(f.port, "/api/overview", method: "POST").status == 405)
         #expect(try await get(f.port, "/api/overview", method: "DELETE").status == 405)
+
+        // A port already taken: start fails with the reason, nothing half-started.
+        let second = try Explorer(node: f.explorerNode, metrics: ExplorerMetrics(), settings: .init(listen: "127.0.0.1:\(f.port)"))
+        await #expect(throws: ExplorerProblem.self) { _ = try await second.start() }
+        #expect(try await get(f.port, "/api/overview").status == 200)
 
         // DNS rebinding: a page elsewhere whose name resolves to 127.0.0.1 sends its own Host.
         let rebound = try await get(f.port, "/api/overview", host: "evil.example:\(f.port)")

@@ -218,7 +218,7 @@ struct LedgerStoreTests {
 
 @Suite("Reward points")
 struct RewardsTests {
-    @Test("points follow the documented formula and are identical under any ingest order")
+    @Test("points follow the documented formula and are identical under any ingest order, and a tally kept up to date batch by batch agrees")
     func determinism() throws {
         let providers = (0..<4).map { _ in SigningKey() }, renters = (0..<3).map { _ in SigningKey() }
         let models = ["rtx-4090", "h100-80gb", "gtx-1080-ti", "not-in-the-catalogue"]
@@ -240,15 +240,24 @@ struct RewardsTests {
             let ledger = try Ledger(path: path)
             var shuffled = receipts
             for i in stride(from: shuffled.count - 1, to: 0, by: -1) { shuffled.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            // In batches of different sizes, with repeats.
+            // In batches of different sizes, with repeats; a tally reads only what each batch added.
             var start = 0
+            var tally = Rewards.Tally()
+            var position: Int64 = 0
             while start < shuffled.count {
                 let n = 1 + Int(rng.next() % 17)
                 try ledger.ingest(Array(shuffled[start..<min(shuffled.count, start + n)]), source: .gossip, now: 1)
                 try ledger.ingest(Array(shuffled[start..<min(shuffled.count, start + 1)]), source: .gossip, now: 1)
                 start += n
+                let (facts, last) = try ledger.rewardFacts(after: position)
+                #expect(facts.count <= n && last >= position)
+                tally.add(facts)
+                position = last
             }
+            #expect(try ledger.rewardFacts(after: position).facts.isEmpty)
             results.append(try ledger.recomputeRewards())
+            #expect(tally.entries() == results.last)
+            #expect(tally.entries(peer: providers[1].publicKey) == results.last?.filter { $0.peer == Hex.encode(providers[1].publicKey.bytes) })
         }
         #expect(results[0] == results[1] && results[1] == results[2])
         // The totals agree with the receipts.

@@ -81,7 +81,9 @@ extension GPUMesh {
                         let server = try Explorer(node: node, metrics: metrics, settings: .init(listen: explorer), logger: logger)
                         let port = try await server.start()
                         explorerServer = server
-                        if !json { print("peer #0's explorer: \(server.url(port: port))\n") }
+                        // With --json, standard output is the summary alone: the address goes to standard error.
+                        if json { FileHandle.standardError.write(Data("peer #0's explorer: \(server.url(port: port))\n".utf8)) }
+                        else { print("peer #0's explorer: \(server.url(port: port))\n") }
                         flushOutput()
                     } catch {
                         await node.stop()

@@ -43,20 +43,22 @@ let sandboxWorks: Bool = {
     return true
 }()
 
-/// Options for a node on 127.0.0.1 with free ports, a fresh identity and 1-second heartbeats.
-func loopbackOptions(bootstrap: [Contact] = []) -> MeshNode.Options {
+/// Options for a node on 127.0.0.1 with free ports, a fresh identity and 1-second heartbeats,
+/// in `mesh` (the public mesh by default).
+func loopbackOptions(bootstrap: [Contact] = [], mesh: MeshKey = .publicMesh) -> MeshNode.Options {
     var config = NodeConfig()
     config.udpListen = SocketAddress(ip: .loopbackV4, port: 0)
     config.tcpListen = SocketAddress(ip: .loopbackV4, port: 0)
     config.provider.heartbeatIntervalSeconds = 1
-    var o = MeshNode.Options(identity: SigningKey(), config: config, logger: Logger(label: "explorer-test"))
+    var o = MeshNode.Options(identity: SigningKey(), config: config, meshKey: mesh, logger: Logger(label: "explorer-test"))
     o.bootstrap = bootstrap
     return o
 }
 
 /// A providing node offering simulated GPUs (`profile`) on a host named `cpuModel`.
-func startProvider(on loop: EventLoop, bootstrap: [Contact], gpus profile: String, price: String, slots: Int, cpuModel: String) async throws -> MeshNode {
-    let node = try await MeshNode.start(on: loop, options: loopbackOptions(bootstrap: bootstrap))
+func startProvider(on loop: EventLoop, bootstrap: [Contact], gpus profile: String, price: String, slots: Int, cpuModel: String,
+                   mesh: MeshKey = .publicMesh) async throws -> MeshNode {
+    let node = try await MeshNode.start(on: loop, options: loopbackOptions(bootstrap: bootstrap, mesh: mesh))
     var terms = ProviderConfig()
     terms.price = Price(parsing: price)!
     terms.slots = slots

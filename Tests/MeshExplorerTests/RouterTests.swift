@@ -1,6 +1,7 @@
 import Foundation
 import MeshCore
 import MeshCrypto
+import MeshMarket
 import MeshRuntime
 import Testing
 @testable import MeshExplorer
@@ -156,6 +157,54 @@ struct RouterTests {
             let answer = try await get(f.port, bad)
             #expect(answer.status == 400, "\(bad): \(answer.status) \(answer.text.prefix(200))")
         }
+    }
+
+    @Test("a running job's log can be followed from offsets while it runs, and the pieces add up to the whole log",
+          .enabled(if: sandboxWorks, "bubblewrap with user namespaces is needed to run a job"))
+    func liveLog() async throws {
+        // A mesh of its own (a fresh mesh key): the fixture's counts stay exact.
+        let mesh = MeshKey.generate()
+        let loop = try EventLoop(name: "explorer-live-log")
+        defer { loop.shutdown() }
+        let provider = try await startProvider(on: loop, bootstrap: [], gpus: "1x rtx-4090", price: "1", slots: 1, cpuModel: "Test CPU", mesh: mesh)
+        let metrics = ExplorerMetrics()
+        var options = loopbackOptions(bootstrap: [provider.contact], mesh: mesh)
+        options.metricsFactory = metrics.factory
+        let renter = try await MeshNode.start(on: loop, options: options)
+        let explorer = try Explorer(node: renter, metrics: metrics, settings: .init(listen: "127.0.0.1:0"))
+        let port = try await explorer.start()
+        defer { Task { await explorer.stop(); await renter.stop(); await provider.stop() } }
+        let spec = try JobSpec(toml: """
+        name = "follow-me"
+        command = ["sh", "-c", "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.4; done"]
+        max_price = 2
+        [resources]
+        gpus = 1
+        time_limit = "60s"
+        """)
+        let dir = "/tmp/gm-explorer-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let id = try await renter.startJob(JobRequest(spec: spec, inputPaths: [], outputRoot: dir, provider: provider.contact))
+        var followed = "", offset = 0, readsWhileRunning = 0, state = ""
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let piece = try #require(try await get(port, "/api/jobs/\(id)/log?offset=\(offset)").json)
+            #expect(piece["log_offset"] as? Int == offset)
+            let text = piece["log"] as? String ?? ""
+            followed += text
+            offset = piece["log_next"] as? Int ?? offset
+            state = (piece["job"] as? [String: Any])?["state"] as? String ?? ""
+            if state == "running" && !text.isEmpty { readsWhileRunning += 1 }
+            if ["completed", "failed", "cancelled"].contains(state) && text.isEmpty { break }
+            try await Task.sleep(for: .milliseconds(150))
+        }
+        #expect(state == "completed")
+        #expect(readsWhileRunning >= 2, "the log grew while the job ran: \(readsWhileRunning) reads with new lines")
+        let whole = try #require(try await get(port, "/api/jobs/\(id)").json)
+        #expect(followed == whole["log"] as? String && followed.contains("line 1") && followed.contains("line 6"))
+        let page = try await get(port, "/jobs/\(id)")
+        #expect(page.text.contains("data-finished=\"true\"") && page.text.contains("line 6"))
     }
 
     @Test("rewards: the leaderboard of an epoch and totals per epoch; a bad epoch is a 400")

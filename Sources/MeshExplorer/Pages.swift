@@ -192,9 +192,17 @@ enum Pages {
 
     // MARK: Peers
 
-    static func peers(_ list: [PeerSummary]) -> String {
-        HTML.stats([("peers-listed", "Peers", "\(list.count)"), ("peers-providers", "Providers", "\(list.filter(\.provider).count)")])
-            + HTML.table(id: "peers", ["Peer", "Contact", "Routing table", "Provider", "Availability", "Reputation"], list.map {
+    static func peers(_ v: PeersView) -> String {
+        var pages = ""
+        if v.total > v.limit {
+            let shown = v.peers.isEmpty ? "none" : "\(v.offset + 1)-\(v.offset + v.peers.count)"
+            pages = "<nav class=\"pages\" id=\"peers-pages\">peers \(shown) of \(v.total)"
+            if v.offset > 0 { pages += " <a href=\"/peers?offset=\(max(0, v.offset - v.limit))&amp;limit=\(v.limit)\">previous</a>" }
+            if v.offset + v.limit < v.total { pages += " <a href=\"/peers?offset=\(v.offset + v.limit)&amp;limit=\(v.limit)\">next</a>" }
+            pages += "</nav>"
+        }
+        return HTML.stats([("peers-listed", "Peers", "\(v.total)"), ("peers-providers", "Providers", "\(v.providers)")]) + pages
+            + HTML.table(id: "peers", ["Peer", "Contact", "Routing table", "Provider", "Availability", "Reputation"], v.peers.map {
                 [HTML.peer($0.peerID), $0.contact.map { "<code>\(HTML.escape($0))</code>" } ?? "", $0.inRoutingTable ? "yes" : "",
                  $0.provider ? "yes" : "", $0.availability.map(HTML.percent) ?? "", $0.reputation.map { String(format: "%.3f", $0) } ?? ""]
             }, empty: "This node knows no other peer yet.")

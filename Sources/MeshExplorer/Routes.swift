@@ -23,7 +23,7 @@ struct Routes: Sendable {
     static let api: [(String, String)] = [
         ("/api/overview", "peers, providers, GPUs by model, jobs per hour, receipts (OverviewView)"),
         ("/api/capacity", "offers matching gpu, vendor, min-vram, gpus, min-cc, executor, max-price, min-reputation, limit, include-busy (CapacityView)"),
-        ("/api/peers", "every peer this node knows of (PeerSummary[])"),
+        ("/api/peers", "the peers this node knows of, sorted by ID: ?limit= (default 100) from ?offset= (PeersView)"),
         ("/api/peers/{peer_id}", "one peer: offer, uptime, reputation with its evidence, receipts, points (PeerView)"),
         ("/api/jobs", "this node's jobs (JobsView)"),
         ("/api/jobs/{job_id}", "one job and its log from ?offset= (JobView)"),
@@ -45,7 +45,11 @@ struct Routes: Sendable {
             return Reply.html(Pages.page(title: "Capacity", path: "/capacity", node: selfID, refresh: explorer.settings.refreshSeconds,
                                          live: live, lead: Pages.capacityForm(values)))
         }
-        router.get("/peers") { request, _ in try await page(request, "Peers", Pages.peers(source.peers())) }
+        router.get("/peers") { request, _ in
+            let q = Self.params(request)
+            return try await page(request, "Peers", Pages.peers(source.peers(offset: try Self.rows(q, "offset", 0, 0...Int(Int32.max)),
+                                                                               limit: try Self.rows(q, "limit", 100, 1...10_000))))
+        }
         router.get("/peers/:id") { request, context in
             let id = context.parameters.get("id") ?? ""
             let v = try await source.peer(id)
@@ -60,7 +64,7 @@ struct Routes: Sendable {
         }
         router.get("/rewards") { request, _ in
             let q = Self.params(request)
-            let v = try source.rewards(epoch: try Self.epoch(q), limit: try Self.limit(q))
+            let v = try source.rewards(epoch: try Self.epoch(q), limit: try Self.rows(q, "limit", 100, 1...10_000))
             return try await page(request, "Rewards", Pages.rewards(v))
         }
 
@@ -72,7 +76,10 @@ struct Routes: Sendable {
         router.get("/api/capacity") { request, _ in
             Reply.json(try await source.capacity(try Self.capacityQuery(Self.params(request)).query))
         }
-        router.get("/api/peers") { _, _ in Reply.json(try await source.peers()) }
+        router.get("/api/peers") { request, _ in
+            let q = Self.params(request)
+            return Reply.json(try await source.peers(offset: try Self.rows(q, "offset", 0, 0...Int(Int32.max)), limit: try Self.rows(q, "limit", 100, 1...10_000)))
+        }
         router.get("/api/peers/:id") { _, context in Reply.json(try await source.peer(context.parameters.get("id") ?? "")) }
         router.get("/api/jobs") { _, _ in Reply.json(try await source.jobs()) }
         router.get("/api/jobs/:id") { request, context in
@@ -83,7 +90,7 @@ struct Routes: Sendable {
         }
         router.get("/api/rewards") { request, _ in
             let q = Self.params(request)
-            return Reply.json(try source.rewards(epoch: try Self.epoch(q), limit: try Self.limit(q)))
+            return Reply.json(try source.rewards(epoch: try Self.epoch(q), limit: try Self.rows(q, "limit", 100, 1...10_000)))
         }
 
         // Metrics and assets.
@@ -176,10 +183,12 @@ struct Routes: Sendable {
         return n
     }
 
-    /// `limit`: rows of a leaderboard, 1 to 10,000; 100 when absent.
-    static func limit(_ q: [String: String]) throws(ExplorerProblem) -> Int {
-        guard let l = value(q, "limit") else { return 100 }
-        guard let n = Int(l), (1...10_000).contains(n) else { throw ExplorerProblem(400, "limit: '\(l.prefix(40))' is not a number of rows from 1 to 10000") }
+    /// A row count or position (`limit`, `offset`) within `range`; `otherwise` when absent.
+    static func rows(_ q: [String: String], _ name: String, _ otherwise: Int, _ range: ClosedRange<Int>) throws(ExplorerProblem) -> Int {
+        guard let v = value(q, name) else { return otherwise }
+        guard let n = Int(v), range.contains(n) else {
+            throw ExplorerProblem(400, "\(name): '\(v.prefix(40))' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
         return n
     }
 

@@ -100,6 +100,18 @@ public struct PeerSummary: Codable, Sendable, Equatable {
     public var reputation: Double?
 }
 
+/// One page of the peers this node knows of, sorted by peer ID.
+public struct PeersView: Codable, Sendable, Equatable {
+    /// Peers known in all.
+    public var total: Int
+    /// Providers among them.
+    public var providers: Int
+    /// Where this page starts in the sorted list, and how many it holds at most.
+    public var offset: Int, limit: Int
+    /// The page.
+    public var peers: [PeerSummary]
+}
+
 /// A receipt as the peer page lists it.
 public struct ReceiptView: Codable, Sendable, Equatable {
     /// The receipt ID and the job's, hex.
@@ -330,8 +342,9 @@ struct ViewSource: Sendable {
                             offers: matching.prefix(query.limit).map(OfferJSON.init))
     }
 
-    /// Every peer this node knows of: routing table, heartbeats, offers, ledger; sorted by ID.
-    func peers() async throws(ExplorerProblem) -> [PeerSummary] {
+    /// The peers this node knows of (routing table, heartbeats, offers, ledger), sorted by ID:
+    /// `limit` of them from `offset`.
+    func peers(offset: Int, limit: Int) async throws(ExplorerProblem) -> PeersView {
         let (dht, liveness) = try await live { (try await node.dhtSnapshot(), try await node.peerLiveness()) }
         let records = try await offers()
         let scores = try await live { try await node.reputationDetails() }
@@ -350,9 +363,15 @@ struct ViewSource: Sendable {
             let id = PeerID(publicKey: k).hex
             var e = entry(id); e.reputation = scores[k]?.value; out[id] = e
         }
-        for (k, s) in scores { let id = PeerID(publicKey: k).hex; var e = entry(id); e.reputation = s.value; out[id] = e }
+        let inLedger = Set(ledgerKeys)
+        for (k, s) in scores where !inLedger.contains(k) {
+            let id = PeerID(publicKey: k).hex
+            var e = entry(id); e.reputation = s.value; out[id] = e
+        }
         out[node.peerID.hex] = nil
-        return out.values.sorted { $0.peerID < $1.peerID }
+        let sorted = out.values.sorted { $0.peerID < $1.peerID }
+        return PeersView(total: sorted.count, providers: sorted.filter(\.provider).count, offset: offset, limit: limit,
+                         peers: Array(sorted.dropFirst(offset).prefix(limit)))
     }
 
     /// The peer page for `id` (64 hex digits); 404 when this node knows nothing of it.

@@ -72,7 +72,7 @@ extension GPUMesh {
             let routes: [(String, String, String)] = [
                 ("/api/overview", "api_overview", "/api/overview"), ("/api/capacity", "api_capacity", "/api/capacity"),
                 ("/api/peers/\(someone)", "api_peer", "/api/peers/{id}"), ("/api/rewards", "api_rewards", "/api/rewards"),
-                ("/api/jobs", "api_jobs", "/api/jobs"), ("/metrics", "metrics", "/metrics"), ("/", "page_overview", "/"),
+                ("/api/jobs", "api_jobs", "/api/jobs"), ("/api/peers", "api_peers", "/api/peers"), ("/peers", "page_peers", "/peers"), ("/metrics", "metrics", "/metrics"), ("/", "page_overview", "/"),
                 ("/peers/\(someone)", "page_peer", "/peers/{id}"), ("/rewards", "page_rewards", "/rewards"),
             ]
             var figures: [String: JSONValue] = ["receipts": .int(receipts), "peers": .int(peers), "requests_per_route": .int(requests)]

@@ -646,7 +646,7 @@ struct CLITests {
         let r = try run(["bench", "explorer", "--json", "--receipts", "2000", "--peers", "100", "--requests", "3", "--concurrency", "2"], timeout: 180)
         #expect(r.status == 0, "\(r.stderr)")
         let o = try json(r.stdout)
-        for route in ["api_overview", "api_capacity", "api_peer", "api_rewards", "api_jobs", "metrics", "page_overview", "page_peer", "page_rewards"] {
+        for route in ["api_overview", "api_capacity", "api_peer", "api_peers", "api_rewards", "api_jobs", "metrics", "page_overview", "page_peer", "page_peers", "page_rewards"] {
             let p50 = o[route + "_p50_ms"] as? Double ?? 0, p99 = o[route + "_p99_ms"] as? Double ?? 0
             #expect(p50 > 0 && p99 >= p50, "\(route)")
         }

@@ -79,7 +79,20 @@ struct RouterTests {
     @Test("peers and a peer: its offer, heartbeats, reputation with evidence, receipts, points; 404 JSON for an unknown ID, 400 for a malformed one")
     func peers() async throws {
         let f = try await Fixture.get()
-        let list = try #require(try await get(f.port, "/api/peers").jsonArray as? [[String: Any]])
+        let view = try #require(try await get(f.port, "/api/peers").json)
+        let list = try #require(view["peers"] as? [[String: Any]])
+        #expect(view["total"] as? Int == list.count && view["providers"] as? Int == 2 && view["offset"] as? Int == 0 && view["limit"] as? Int == 100)
+        // Paging: one at a time, in ID order, covers the same peers.
+        var paged: [String] = []
+        for offset in 0..<list.count {
+            let page = try #require(try await get(f.port, "/api/peers?limit=1&offset=\(offset)").json?["peers"] as? [[String: Any]])
+            paged += page.compactMap { $0["peer_id"] as? String }
+        }
+        #expect(paged == list.compactMap { $0["peer_id"] as? String } && paged == paged.sorted())
+        #expect(try await get(f.port, "/peers?limit=1").text.contains("id=\"peers-pages\""))
+        for bad in ["limit=0", "limit=x", "offset=-1", "limit=10001"] {
+            #expect(try await get(f.port, "/api/peers?\(bad)").status == 400, "\(bad)")
+        }
         let ids = Set(list.compactMap { $0["peer_id"] as? String })
         #expect(ids.isSuperset(of: [f.p.peerID.hex, f.q.peerID.hex]) && !ids.contains(f.explorerNode.peerID.hex))
         #expect(list.first { $0["peer_id"] as? String == f.p.peerID.hex }?["provider"] as? Bool == true)

@@ -31,6 +31,8 @@ extension GPUMesh {
         func validate() throws {
             if let explorer {
                 do { _ = try Explorer.parseListen(explorer, allowPublic: servePublic) } catch { throw ValidationError("--explorer: \(error)") }
+            } else if servePublic {
+                throw ValidationError("--public applies to --explorer ADDR, which is not given")
             }
         }
 

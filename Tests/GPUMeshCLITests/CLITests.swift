@@ -271,6 +271,7 @@ struct CLITests {
         let refused = try run(["explorer", "--listen", "0.0.0.0:8080"])
         #expect(refused.status != 0 && refused.stderr.contains("not a loopback address") && refused.stderr.contains("--public"))
         #expect(try run(["node", "--explorer", "nonsense"]).stderr.contains("--explorer"))
+        #expect(try run(["node", "--public"]).stderr.contains("--public applies to --explorer"))
 
         let dir = try tempDataDir()
         #expect(try run(["init", "--data-dir", dir]).status == 0)

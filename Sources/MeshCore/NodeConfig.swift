@@ -31,6 +31,10 @@ public struct NodeConfig: Sendable, Equatable {
     public var provider = ProviderConfig()
     /// Peers trusted from the start in reputation (`[reputation] friends`: 64-digit peer IDs).
     public var friends: [String] = []
+    /// Where `gpumesh node` serves its explorer (`[explorer] listen`, `HOST:PORT`); nil: it does not.
+    public var explorerListen: String?
+    /// Let the explorer bind an address other than loopback (`[explorer] public`).
+    public var explorerPublic = false
 
     /// The settings a node understands, as `table.key`.
     public static let knownKeys: Set<String> = ["node.listen_udp", "node.listen_tcp", "node.advertise", "node.log_level", "node.mesh_key_file",
@@ -40,7 +44,8 @@ public struct NodeConfig: Sendable, Equatable {
                                                 "provider.executors", "provider.gpus", "provider.record_lifetime_s",
                                                 "provider.heartbeat_interval_s", "provider.images", "provider.max_duration_s",
                                                 "provider.max_input_mib", "provider.max_output_mib", "provider.max_memory_mib",
-                                                "provider.allow_renters", "provider.min_renter_reputation", "reputation.friends"]
+                                                "provider.allow_renters", "provider.min_renter_reputation", "reputation.friends",
+                                                "explorer.listen", "explorer.public"]
     /// The log levels accepted by `log_level`.
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -99,6 +104,13 @@ public struct NodeConfig: Sendable, Equatable {
             }
             friends = list.map { $0.lowercased() }
         }
+        if let listen = try file.string("explorer.listen"), !listen.isEmpty {
+            guard listen.hasPrefix("localhost:") || (try? SocketAddress(parsing: listen)) != nil else {
+                throw ConfigFile.Error(line: file["explorer.listen"]!.line, "listen: '\(listen)' is not HOST:PORT with an IP address, e.g. 127.0.0.1:8080")
+            }
+            explorerListen = listen
+        }
+        if let p = try file.bool("explorer.public") { explorerPublic = p }
         if let level = try file.string("node.log_level") {
             guard Self.logLevels.contains(level) else {
                 throw ConfigFile.Error(line: file["node.log_level"]!.line, "log_level must be one of \(Self.logLevels.joined(separator: ", "))")
@@ -213,6 +225,14 @@ public struct NodeConfig: Sendable, Equatable {
     # Peers whose word counts from the start (64-digit peer IDs), besides this node: their
     # receipts and reports weigh most in the scores this node computes.
     friends = []
+
+    [explorer]
+    # Serve the explorer (pages, JSON under /api/, Prometheus /metrics) at HOST:PORT whenever
+    # `gpumesh node` runs, as --explorer does; "" serves none.
+    listen = ""
+    # Allow an address other than loopback (127.0.0.0/8, ::1). The explorer has no login: it
+    # shows this node's jobs, logs and ledger to whoever reaches it.
+    public = false
 
     """
 }

@@ -29,15 +29,21 @@ extension GPUMesh {
         @Flag(help: "Print the start-up status as one JSON line.") var json = false
 
         func validate() throws {
+            // Syntax only here: whether a public address is allowed also depends on the config.
             if let explorer {
-                do { _ = try Explorer.parseListen(explorer, allowPublic: servePublic) } catch { throw ValidationError("--explorer: \(error)") }
-            } else if servePublic {
-                throw ValidationError("--public applies to --explorer ADDR, which is not given")
+                do { _ = try Explorer.parseListen(explorer, allowPublic: true) } catch { throw ValidationError("--explorer: \(error)") }
             }
         }
 
         func run() async throws {
-            try await runNode(node, explorer: explorer.map { Explorer.Settings(listen: $0, allowPublic: servePublic) }, json: json)
+            let config = try node.common.directory.loadConfig()
+            let settings = (explorer ?? config.explorerListen).map { Explorer.Settings(listen: $0, allowPublic: servePublic || config.explorerPublic) }
+            guard let settings else {
+                if servePublic { throw CLIError("--public applies to an explorer: give --explorer ADDR or set [explorer] listen") }
+                try await runNode(node, explorer: nil, json: json)
+                return
+            }
+            try await runNode(node, explorer: try checked(settings), json: json)
         }
     }
 
@@ -56,17 +62,23 @@ extension GPUMesh {
             """)
 
         @OptionGroup var node: NodeOptions
-        @Option(help: ArgumentHelp("Address to serve on, HOST:PORT (port 0: any free port).", valueName: "addr")) var listen = "127.0.0.1:8080"
+        @Option(help: ArgumentHelp("Address to serve on, HOST:PORT (port 0: any free port; default [explorer] listen, else 127.0.0.1:8080).", valueName: "addr"))
+        var listen: String?
         @Flag(name: .customLong("public"), help: "Allow an address other than loopback (the explorer shows this peer's jobs, logs and ledger).")
         var servePublic = false
         @Flag(help: "Print the start-up status as one JSON line.") var json = false
 
         func validate() throws {
-            do { _ = try Explorer.parseListen(listen, allowPublic: servePublic) } catch { throw ValidationError("--listen: \(error)") }
+            // Syntax only here: whether a public address is allowed also depends on the config.
+            if let listen {
+                do { _ = try Explorer.parseListen(listen, allowPublic: true) } catch { throw ValidationError("--listen: \(error)") }
+            }
         }
 
         func run() async throws {
-            try await runNode(node, explorer: Explorer.Settings(listen: listen, allowPublic: servePublic), json: json)
+            let config = try node.common.directory.loadConfig()
+            let settings = Explorer.Settings(listen: listen ?? config.explorerListen ?? "127.0.0.1:8080", allowPublic: servePublic || config.explorerPublic)
+            try await runNode(node, explorer: try checked(settings), json: json)
         }
     }
 
@@ -193,6 +205,12 @@ struct NodeOptions: ParsableArguments {
         }
     }
 
+}
+
+/// `settings` when its address may be served (loopback, or public allowed); else the reason.
+func checked(_ settings: Explorer.Settings) throws -> Explorer.Settings {
+    do { _ = try Explorer.parseListen(settings.listen, allowPublic: settings.allowPublic) } catch { throw CLIError("explorer: \(error)") }
+    return settings
 }
 
 /// Runs a peer until SIGINT or SIGTERM, with its explorer when `explorerSettings` is given.

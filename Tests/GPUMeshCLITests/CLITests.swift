@@ -271,7 +271,8 @@ struct CLITests {
         let refused = try run(["explorer", "--listen", "0.0.0.0:8080"])
         #expect(refused.status != 0 && refused.stderr.contains("not a loopback address") && refused.stderr.contains("--public"))
         #expect(try run(["node", "--explorer", "nonsense"]).stderr.contains("--explorer"))
-        #expect(try run(["node", "--public"]).stderr.contains("--public applies to --explorer"))
+        let lonePublic = try run(["node", "--public", "--data-dir", try tempDataDir()])
+        #expect(lonePublic.status != 0 && lonePublic.stderr.contains("--public applies to an explorer"))
 
         let dir = try tempDataDir()
         #expect(try run(["init", "--data-dir", dir]).status == 0)
@@ -298,8 +299,22 @@ struct CLITests {
 
         let second = try run(["explorer", "--data-dir", dir, "--listen", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0"])
         #expect(second.status != 0 && second.stderr.contains("gpumesh node --explorer"))
-
         #expect(node.stop() == 0)
+
+        // `[explorer] listen` in the config serves it without the flag; a public address there
+        // needs `public = true` too.
+        let configPath = dir + "/config.toml"
+        let template = try String(contentsOfFile: configPath, encoding: .utf8)
+        #expect(template.contains("[explorer]") && template.components(separatedBy: "\nlisten = \"\"").count == 2)
+        try template.replacingOccurrences(of: "\nlisten = \"\"", with: "\nlisten = \"127.0.0.1:0\"")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
+        let configured = try Background(["node", "--data-dir", dir, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--json", "--log-level", "warning"])
+        #expect((configured.firstLine["explorer"] as? String)?.hasPrefix("http://127.0.0.1:") == true)
+        #expect(configured.stop() == 0)
+        try template.replacingOccurrences(of: "\nlisten = \"\"", with: "\nlisten = \"0.0.0.0:0\"")
+            .write(toFile: configPath, atomically: true, encoding: .utf8)
+        let exposed = try run(["node", "--data-dir", dir, "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0"])
+        #expect(exposed.status != 0 && exposed.stderr.contains("--public"))
     }
 
     @Test("a node joins through a peers file; peers, dht put and dht get work through the control socket")

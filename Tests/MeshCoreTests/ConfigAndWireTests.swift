@@ -35,7 +35,13 @@ struct ConfigTests {
         listen_tcp = "[::1]:9000"
         advertise = ["udp:192.0.2.1:7400", "tcp:192.0.2.1:7401",]
         log_level = "debug"
+        [explorer]
+        listen = "[::1]:8080"
+        public = true
         """)
+        #expect(c.explorerListen == "[::1]:8080" && c.explorerPublic)
+        #expect(try NodeConfig(parsing: "[explorer]\nlisten = \"localhost:9\"").explorerListen == "localhost:9")
+        #expect(try NodeConfig(parsing: "[explorer]\nlisten = \"\"").explorerListen == nil)
         #expect(c.udpListen.description == "127.0.0.1:0")
         #expect(c.tcpListen.description == "[::1]:9000")
         #expect(c.advertise.map(\.description) == ["udp:192.0.2.1:7400", "tcp:192.0.2.1:7401"])
@@ -57,6 +63,8 @@ struct ConfigTests {
         ("[node]\n= 5", 2, "expected 'key = value'"),
         ("[node]\nlog_level \"info\"", 2, "expected '=' after 'log_level'"),
         ("[node]\nlog_level = \"info\" extra", 2, "unexpected text after the value"),
+        ("[explorer]\nlisten = \"example.com:80\"", 2, "is not HOST:PORT with an IP address"),
+        ("[explorer]\npublic = \"yes\"", 2, "public"),
     ])
     func errors(text: String, line: Int, fragment: String) {
         do {

@@ -109,6 +109,14 @@ struct WireTests {
 
 @Suite("Bootstrap peers and DHT settings")
 struct BootstrapConfigTests {
+    @Test("Bootstrap/config.example.toml is the template init writes, and parses to the defaults")
+    func exampleConfig() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let text = try String(contentsOf: root.appendingPathComponent("Bootstrap/config.example.toml"), encoding: .utf8)
+        #expect(text == NodeConfig.template)
+        #expect(try NodeConfig(parsing: text) == NodeConfig())
+    }
+
     @Test("Bootstrap/peers.example parses, and a bad line is reported by number")
     func peersFile() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

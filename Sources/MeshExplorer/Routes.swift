@@ -37,35 +37,29 @@ struct Routes: Sendable {
         router.add(middleware: Guard(allowPublic: explorer.settings.allowPublic, selfID: selfID))
 
         // Pages.
-        router.get("/") { request, _ in try await page(request, "Overview", Pages.overview(source.overview())) }
+        router.get("/") { request, _ in page(request, "Overview", Pages.overview(try await source.overview())) }
         router.get("/capacity") { request, _ in
             let (query, values) = try Self.capacityQuery(Self.params(request))
-            let live = Pages.capacity(try await source.capacity(query))
-            if Self.partial(request) { return Reply.html(live) }
-            return Reply.html(Pages.page(title: "Capacity", path: "/capacity", node: selfID, refresh: explorer.settings.refreshSeconds,
-                                         live: live, lead: Pages.capacityForm(values)))
+            return page(request, "Capacity", Pages.capacity(try await source.capacity(query)), lead: Pages.capacityForm(values))
         }
         router.get("/peers") { request, _ in
-            let q = Self.params(request)
-            return try await page(request, "Peers", Pages.peers(source.peers(offset: try Self.rows(q, "offset", 0, 0...Int(Int32.max)),
-                                                                               limit: try Self.rows(q, "limit", 100, 1...10_000))))
+            let (offset, limit) = try Self.window(Self.params(request))
+            return page(request, "Peers", Pages.peers(try await source.peers(offset: offset, limit: limit)))
         }
         router.get("/peers/:id") { request, context in
             let id = context.parameters.get("id") ?? ""
             let v = try await source.peer(id)
-            return try await page(request, "Peer \(v.peerID.prefix(12))", Pages.peer(v))
+            return page(request, "Peer \(v.peerID.prefix(12))", Pages.peer(v))
         }
-        router.get("/jobs") { request, _ in try await page(request, "Jobs", Pages.jobs(source.jobs())) }
+        router.get("/jobs") { request, _ in page(request, "Jobs", Pages.jobs(try await source.jobs())) }
         router.get("/jobs/:id") { request, context in
             let v = try await source.job(context.parameters.get("id") ?? "", logFrom: 0)
-            if Self.partial(request) { return Reply.html(Pages.job(v)) }
-            return Reply.html(Pages.page(title: "Job \(v.job.id.prefix(12))", path: "/jobs", node: selfID, refresh: explorer.settings.refreshSeconds,
-                                         live: Pages.job(v), extra: Pages.jobLog(v)))
+            return page(request, "Job \(v.job.id.prefix(12))", Pages.job(v), extra: Pages.jobLog(v))
         }
         router.get("/rewards") { request, _ in
             let q = Self.params(request)
-            let v = try source.rewards(epoch: try Self.epoch(q), limit: try Self.rows(q, "limit", 100, 1...10_000))
-            return try await page(request, "Rewards", Pages.rewards(v))
+            let v = try source.rewards(epoch: try Self.epoch(q), limit: try Self.limit(q))
+            return page(request, "Rewards", Pages.rewards(v))
         }
 
         // JSON.
@@ -77,20 +71,19 @@ struct Routes: Sendable {
             Reply.json(try await source.capacity(try Self.capacityQuery(Self.params(request)).query))
         }
         router.get("/api/peers") { request, _ in
-            let q = Self.params(request)
-            return Reply.json(try await source.peers(offset: try Self.rows(q, "offset", 0, 0...Int(Int32.max)), limit: try Self.rows(q, "limit", 100, 1...10_000)))
+            let (offset, limit) = try Self.window(Self.params(request))
+            return Reply.json(try await source.peers(offset: offset, limit: limit))
         }
         router.get("/api/peers/:id") { _, context in Reply.json(try await source.peer(context.parameters.get("id") ?? "")) }
         router.get("/api/jobs") { _, _ in Reply.json(try await source.jobs()) }
-        router.get("/api/jobs/:id") { request, context in
-            Reply.json(try await source.job(context.parameters.get("id") ?? "", logFrom: try Self.offset(Self.params(request))))
-        }
-        router.get("/api/jobs/:id/log") { request, context in
-            Reply.json(try await source.job(context.parameters.get("id") ?? "", logFrom: try Self.offset(Self.params(request))))
+        for path in ["/api/jobs/:id", "/api/jobs/:id/log"] {
+            router.get(RouterPath(path)) { request, context in
+                Reply.json(try await source.job(context.parameters.get("id") ?? "", logFrom: try Self.offset(Self.params(request))))
+            }
         }
         router.get("/api/rewards") { request, _ in
             let q = Self.params(request)
-            return Reply.json(try source.rewards(epoch: try Self.epoch(q), limit: try Self.rows(q, "limit", 100, 1...10_000)))
+            return Reply.json(try source.rewards(epoch: try Self.epoch(q), limit: try Self.limit(q)))
         }
 
         // Metrics and assets.
@@ -105,10 +98,11 @@ struct Routes: Sendable {
         return router
     }
 
-    /// A page, or its live part alone for `?partial=1`.
-    private func page(_ request: Request, _ title: String, _ live: String) async throws -> Response {
+    /// A page (`lead` and `extra` around its live part), or its live part alone for `?partial=1`.
+    private func page(_ request: Request, _ title: String, _ live: String, lead: String = "", extra: String = "") -> Response {
         if Self.partial(request) { return Reply.html(live) }
-        return Reply.html(Pages.page(title: title, path: request.uri.path, node: selfID, refresh: explorer.settings.refreshSeconds, live: live))
+        return Reply.html(Pages.page(title: title, path: request.uri.path, node: selfID, refresh: explorer.settings.refreshSeconds,
+                                     live: live, lead: lead, extra: extra))
     }
 
     /// Gauges read at scrape time: what the node and its ledger hold now.
@@ -182,6 +176,14 @@ struct Routes: Sendable {
         guard let n = UInt64(e), n < 1_000_000 else { throw ExplorerProblem(400, "epoch: '\(e.prefix(40))' is not a day number (days since 1970-01-01 UTC) or 'today'") }
         return n
     }
+
+    /// A page of a list: `offset` (default 0) and `limit`.
+    static func window(_ q: [String: String]) throws(ExplorerProblem) -> (offset: Int, limit: Int) {
+        (try rows(q, "offset", 0, 0...Int(Int32.max)), try limit(q))
+    }
+
+    /// Rows of a list: `limit`, 1 to 10,000; 100 when absent.
+    static func limit(_ q: [String: String]) throws(ExplorerProblem) -> Int { try rows(q, "limit", 100, 1...10_000) }
 
     /// A row count or position (`limit`, `offset`) within `range`; `otherwise` when absent.
     static func rows(_ q: [String: String], _ name: String, _ otherwise: Int, _ range: ClosedRange<Int>) throws(ExplorerProblem) -> Int {

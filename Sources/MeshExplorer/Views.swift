@@ -342,12 +342,18 @@ struct ViewSource: Sendable {
                             offers: matching.prefix(query.limit).map(OfferJSON.init))
     }
 
+    /// What the node knows of other peers: its routing table, the heartbeats it heard, the
+    /// offers it heard, and its reputation view.
+    private func peerSources() async throws(ExplorerProblem)
+        -> (dht: DHTSnapshot, liveness: [PeerLiveness], records: [CapabilityRecord], scores: [PublicKey: Reputation.Score]) {
+        let (dht, liveness, scores) = try await live { (try await node.dhtSnapshot(), try await node.peerLiveness(), try await node.reputationDetails()) }
+        return (dht, liveness, try await offers(), scores)
+    }
+
     /// The peers this node knows of (routing table, heartbeats, offers, ledger), sorted by ID:
     /// `limit` of them from `offset`.
     func peers(offset: Int, limit: Int) async throws(ExplorerProblem) -> PeersView {
-        let (dht, liveness) = try await live { (try await node.dhtSnapshot(), try await node.peerLiveness()) }
-        let records = try await offers()
-        let scores = try await live { try await node.reputationDetails() }
+        let (dht, liveness, records, scores) = try await peerSources()
         let ledgerKeys = try ledger { try $0.peerKeys() }
         var out: [String: PeerSummary] = [:]
         func entry(_ id: String) -> PeerSummary {
@@ -379,13 +385,12 @@ struct ViewSource: Sendable {
         guard let id = PeerID(hex: text.lowercased()) else {
             throw ExplorerProblem(400, "'\(text.prefix(80))' is not a peer ID: give its 64 hex digits")
         }
-        let (dht, liveness) = try await live { (try await node.dhtSnapshot(), try await node.peerLiveness()) }
-        let records = try await offers()
-        let scores = try await live { try await node.reputationDetails() }
+        let (dht, liveness, records, scores) = try await peerSources()
+        let record = records.first { PeerID(publicKey: $0.provider) == id }
         // The peer's key: from the routing table, an offer, the scores or the ledger.
         var key: PublicKey?
         if id == node.peerID { key = node.identity.publicKey }
-        key = key ?? records.first { PeerID(publicKey: $0.provider) == id }?.provider
+        key = key ?? record?.provider
         key = key ?? scores.keys.first { PeerID(publicKey: $0) == id }
         if key == nil {
             key = try ledger { try $0.peerKeys().first { PeerID(publicKey: $0) == id } }
@@ -396,7 +401,6 @@ struct ViewSource: Sendable {
         guard key != nil || entry != nil || beats != nil else {
             throw ExplorerProblem(404, "no peer \(id.hex) in this node's view (routing table, heartbeats, offers, ledger)")
         }
-        let record = records.first { PeerID(publicKey: $0.provider) == id }
         let score = key.flatMap { scores[$0] }
         var receipts: [ReceiptView] = []
         var points: [Rewards.Entry] = []

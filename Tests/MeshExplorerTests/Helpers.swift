@@ -55,6 +55,22 @@ func loopbackOptions(bootstrap: [Contact] = [], mesh: MeshKey = .publicMesh) -> 
     return o
 }
 
+/// A one-GPU sandboxed job running `script` with `sh -c` on `provider`, its outputs under a fresh
+/// directory in /tmp.
+func shellJob(_ name: String, _ script: String, on provider: Contact) throws -> JobRequest {
+    let spec = try JobSpec(toml: """
+    name = "\(name)"
+    command = ["sh", "-c", "\(script)"]
+    max_price = 2
+    [resources]
+    gpus = 1
+    time_limit = "60s"
+    """)
+    let dir = "/tmp/gm-explorer-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return JobRequest(spec: spec, inputPaths: [], outputRoot: dir, provider: provider)
+}
+
 /// A providing node offering simulated GPUs (`profile`) on a host named `cpuModel`.
 func startProvider(on loop: EventLoop, bootstrap: [Contact], gpus profile: String, price: String, slots: Int, cpuModel: String,
                    mesh: MeshKey = .publicMesh) async throws -> MeshNode {
@@ -110,17 +126,7 @@ final class Fixture: Sendable {
         }
         var jobID: String?
         if sandboxWorks {
-            let spec = try JobSpec(toml: """
-            name = "explorer-test"
-            command = ["sh", "-c", "echo hello from the job; echo second line >&2; sleep 0.5"]
-            max_price = 2
-            [resources]
-            gpus = 1
-            time_limit = "60s"
-            """)
-            let dir = "/tmp/gm-explorer-\(UUID().uuidString.prefix(8))"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            let info = try await e.runJob(JobRequest(spec: spec, inputPaths: [], outputRoot: dir, provider: p.contact))
+            let info = try await e.runJob(try shellJob("explorer-test", "echo hello from the job; echo second line >&2; sleep 0.5", on: p.contact))
             jobID = info.id
             // The provider's copy of the receipt and the scores that follow from it.
             _ = await e.recomputeReputation()

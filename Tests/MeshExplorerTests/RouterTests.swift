@@ -187,18 +187,9 @@ struct RouterTests {
         let explorer = try Explorer(node: renter, metrics: metrics, settings: .init(listen: "127.0.0.1:0"))
         let port = try await explorer.start()
         defer { Task { await explorer.stop(); await renter.stop(); await provider.stop() } }
-        let spec = try JobSpec(toml: """
-        name = "follow-me"
-        command = ["sh", "-c", "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.4; done"]
-        max_price = 2
-        [resources]
-        gpus = 1
-        time_limit = "60s"
-        """)
-        let dir = "/tmp/gm-explorer-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let id = try await renter.startJob(JobRequest(spec: spec, inputPaths: [], outputRoot: dir, provider: provider.contact))
+        let request = try shellJob("follow-me", "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.4; done", on: provider.contact)
+        defer { try? FileManager.default.removeItem(atPath: request.outputRoot) }
+        let id = try await renter.startJob(request)
         var followed = "", offset = 0, readsWhileRunning = 0, state = ""
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {

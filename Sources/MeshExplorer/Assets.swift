@@ -81,6 +81,8 @@ enum Assets {
     form.filter { display: flex; flex-wrap: wrap; gap: 10px; align-items: end; margin: 8px 0; }
     form.filter label { font-size: 12px; color: var(--muted); display: flex; flex-direction: column; }
     .state.completed { color: #1b7f3b; } .state.failed, .state.cancelled { color: #a4161a; }
+    nav.epochs, nav.pages { margin: 10px 0; }
     nav.epochs a.current { font-weight: 700; }
+    pre#log:empty::before { content: "no output yet"; color: var(--muted); }
     """#
 }

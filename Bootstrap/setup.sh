@@ -50,7 +50,7 @@ python_interop() {
     || echo "setup: warning: could not pip-install noiseprotocol and pynacl; the python interop test will be skipped" >&2
 }
 
-# Optional: Debian's chromium, for the explorer's browser test (Tests/MeshExplorerTests/
+# Optional: Debian's chromium, for the explorer's browser test (Tests/GPUMeshCLITests/
 # BrowserTests.swift) and Docs/make-screenshots.sh; nothing else needs a browser. Without it
 # that suite is skipped with its reason.
 browser() {

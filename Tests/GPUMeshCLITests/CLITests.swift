@@ -90,6 +90,15 @@ func closeOnExecPipe() -> Pipe {
     return p
 }
 
+/// GET `path` from 127.0.0.1:`port` through bash's /dev/tcp (no client library between the test
+/// and the server): the head and the body.
+func httpGet(port: Int, _ path: String) throws -> (head: String, body: String) {
+    let script = "exec 3<>/dev/tcp/127.0.0.1/\(port) && printf 'GET \(path) HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' >&3 && cat <&3"
+    let r = try runProgram("/bin/bash", ["-c", script], timeout: 30)
+    let parts = r.stdout.components(separatedBy: "\r\n\r\n")
+    return (parts.first ?? "", parts.dropFirst().joined(separator: "\r\n\r\n"))
+}
+
 final class Box<T>: @unchecked Sendable {
     var value: T
     init(_ value: T) { self.value = value }
@@ -283,13 +292,7 @@ struct CLITests {
         let port = try #require(url.split(separator: ":").last.flatMap { Int($0.dropLast()) })
         #expect(url == "http://127.0.0.1:\(port)/")
 
-        // Plain HTTP through bash's /dev/tcp: no client library between the test and the server.
-        func fetch(_ path: String) throws -> (head: String, body: String) {
-            let script = "exec 3<>/dev/tcp/127.0.0.1/\(port) && printf 'GET \(path) HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n' >&3 && cat <&3"
-            let r = try runProgram("/bin/bash", ["-c", script], timeout: 30)
-            let parts = r.stdout.components(separatedBy: "\r\n\r\n")
-            return (parts.first ?? "", parts.dropFirst().joined(separator: "\r\n\r\n"))
-        }
+        func fetch(_ path: String) throws -> (head: String, body: String) { try httpGet(port: port, path) }
         let overview = try fetch("/api/overview")
         #expect(overview.head.hasPrefix("HTTP/1.1 200") && overview.head.lowercased().contains("content-type: application/json"))
         #expect(try json(overview.body)["peer_id"] as? String == started["peer_id"] as? String)

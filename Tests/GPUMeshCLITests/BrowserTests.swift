@@ -53,12 +53,20 @@ struct BrowserTests {
         demo.standardError = FileHandle.nullDevice
         try demo.run()
         defer { if demo.isRunning { demo.interrupt(); demo.waitUntilExit() } }
-        // The explorer's address comes first; the mesh is settled once the story is told.
-        var text = ""
-        while !text.contains("the mesh stays up") {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            text += String(decoding: chunk, as: UTF8.self)
+        // The explorer's address comes first; the mesh is settled once the story is told. The
+        // pipe is read on a thread of its own: a blocking read must not hold one of the few
+        // threads every async test shares.
+        let handle = out.fileHandleForReading
+        let text = await withCheckedContinuation { (c: CheckedContinuation<String, Never>) in
+            Thread.detachNewThread {
+                var text = ""
+                while !text.contains("the mesh stays up") {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    text += String(decoding: chunk, as: UTF8.self)
+                }
+                c.resume(returning: text)
+            }
         }
         let base = try #require(text.firstMatch(of: #/http://127\.0\.0\.1:(\d+)/#), "no explorer address in: \(text.prefix(500))")
         let port = try #require(Int(base.output.1))

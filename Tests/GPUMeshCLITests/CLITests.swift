@@ -145,7 +145,10 @@ final class Background {
     deinit { if process.isRunning { process.interrupt() } }
 }
 
-@Suite("gpumesh CLI", .timeLimit(.minutes(3)))
+// Serialized: each test blocks the thread it runs on while the binary works, and the async
+// suites of the whole run share a pool of one thread per core (two on CI): tests running here
+// side by side could hold every one of them and starve the rest past their time limits.
+@Suite("gpumesh CLI", .serialized, .timeLimit(.minutes(3)))
 struct CLITests {
     @Test("the binary exists and prints help and its version")
     func help() throws {

@@ -355,29 +355,30 @@ struct ViewSource: Sendable {
     func peers(offset: Int, limit: Int) async throws(ExplorerProblem) -> PeersView {
         let (dht, liveness, records, scores) = try await peerSources()
         let ledgerKeys = try ledger { try $0.peerKeys() }
-        var out: [String: PeerSummary] = [:]
-        func entry(_ id: String) -> PeerSummary {
-            out[id] ?? PeerSummary(peerID: id, contact: nil, inRoutingTable: false, provider: false, availability: nil, reputation: nil)
+        // Keyed and sorted by peer ID (its numeric order is its hex order); hex strings are made
+        // only for the page shown.
+        var out: [PeerID: PeerSummary] = [:]
+        func update(_ id: PeerID, _ change: (inout PeerSummary) -> Void) {
+            var e = out[id] ?? PeerSummary(peerID: "", contact: nil, inRoutingTable: false, provider: false, availability: nil, reputation: nil)
+            change(&e)
+            out[id] = e
         }
-        for p in dht.peers { var e = entry(p.peerID); e.inRoutingTable = true; e.contact = p.contact; out[p.peerID] = e }
-        for l in liveness { var e = entry(l.peerID); e.availability = l.availability; out[l.peerID] = e }
+        for p in dht.peers { if let id = PeerID(hex: p.peerID) { update(id) { $0.inRoutingTable = true; $0.contact = p.contact } } }
+        for l in liveness { if let id = PeerID(hex: l.peerID) { update(id) { $0.availability = l.availability } } }
         for r in records {
-            let id = r.capability.contact.peerID.hex
-            var e = entry(id); e.provider = true; e.contact = e.contact ?? r.capability.contact.description; out[id] = e
+            update(r.capability.contact.peerID) { $0.provider = true; $0.contact = $0.contact ?? r.capability.contact.description }
         }
-        for k in ledgerKeys {
-            let id = PeerID(publicKey: k).hex
-            var e = entry(id); e.reputation = scores[k]?.value; out[id] = e
-        }
+        for k in ledgerKeys { update(PeerID(publicKey: k)) { $0.reputation = scores[k]?.value } }
         let inLedger = Set(ledgerKeys)
-        for (k, s) in scores where !inLedger.contains(k) {
-            let id = PeerID(publicKey: k).hex
-            var e = entry(id); e.reputation = s.value; out[id] = e
+        for (k, s) in scores where !inLedger.contains(k) { update(PeerID(publicKey: k)) { $0.reputation = s.value } }
+        out[node.peerID] = nil
+        let ids = out.keys.sorted()
+        let page = ids.dropFirst(offset).prefix(limit).map { id in
+            var e = out[id]!
+            e.peerID = id.hex
+            return e
         }
-        out[node.peerID.hex] = nil
-        let sorted = out.values.sorted { $0.peerID < $1.peerID }
-        return PeersView(total: sorted.count, providers: sorted.filter(\.provider).count, offset: offset, limit: limit,
-                         peers: Array(sorted.dropFirst(offset).prefix(limit)))
+        return PeersView(total: ids.count, providers: out.values.filter(\.provider).count, offset: offset, limit: limit, peers: page)
     }
 
     /// The peer page for `id` (64 hex digits); 404 when this node knows nothing of it.

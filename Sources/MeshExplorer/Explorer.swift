@@ -88,10 +88,9 @@ public final class Explorer: Sendable {
         return (host, port)
     }
 
-    /// True for 127.0.0.0/8, ::1 and `localhost`.
+    /// True for `localhost` and the addresses `IPAddress.isLoopback` names (127.0.0.0/8, ::1).
     static func isLoopback(_ host: String) -> Bool {
-        let h = host.lowercased()
-        return h == "localhost" || h == "::1" || h == "0:0:0:0:0:0:0:1" || (h.hasPrefix("127.") && h.split(separator: ".").count == 4)
+        host.lowercased() == "localhost" || IPAddress(host)?.isLoopback == true
     }
 
     /// Binds and serves in the background; returns the bound port (the one asked for, or the

@@ -49,10 +49,6 @@ enum HTML {
         "<a class=\"peer\" href=\"/peers/\(escape(id))\" title=\"\(escape(id))\">\(escape(id.prefix(12)))</a>"
     }
 
-    /// Memory for people: GiB when whole, else MiB.
-    static func mib(_ v: Int) -> String {
-        v >= 1024 && v % 1024 == 0 ? "\(v / 1024) GiB" : (v >= 1024 ? String(format: "%.1f GiB", Double(v) / 1024) : "\(v) MiB")
-    }
 
     /// Millipoints as points with three decimals.
     static func points(_ milli: UInt64) -> String { String(format: "%.3f", Double(milli) / 1000) }
@@ -84,7 +80,7 @@ enum HTML {
 
     /// GPU groups as `2x rtx-4090 (24 GiB)`.
     static func gpus(_ groups: [GPUGroup]) -> String {
-        escape(groups.map { "\($0.count)x \($0.slug) (\(mib($0.vramMiB)))" }.joined(separator: ", "))
+        escape(groups.map { "\($0.count)x \($0.slug) (\(ByteSize.describe(mib: $0.vramMiB)))" }.joined(separator: ", "))
     }
 }
 
@@ -131,7 +127,7 @@ enum Pages {
             ("peers-known", "Peers known (DHT)", "\(v.peersKnown)"),
             ("providers", "Providers", "\(v.providers)"),
             ("gpus", "GPUs offered", "\(v.gpus)"),
-            ("vram", "GPU memory", HTML.mib(v.vramMiB)),
+            ("vram", "GPU memory", ByteSize.describe(mib: v.vramMiB)),
             ("free-slots", "Free job slots", "\(v.freeSlots) / \(v.totalSlots)"),
             ("jobs-hour", "Jobs, last hour", "\(lastHour)"),
             ("jobs-day", "Jobs, last 24 h", "\(day)"),
@@ -140,11 +136,11 @@ enum Pages {
         ])
         out += "<section><h2>Capacity by model</h2>"
         out += Chart.rows(id: "chart-capacity", title: "GPUs offered by model", bars: v.models.map {
-            .init(label: $0.model, value: Double($0.gpus), tooltip: "\($0.model): \($0.gpus) GPUs, \(HTML.mib($0.vramMiB)) in all, \($0.providers) providers, \($0.freeSlots) free slots")
+            .init(label: $0.model, value: Double($0.gpus), tooltip: "\($0.model): \($0.gpus) GPUs, \(ByteSize.describe(mib: $0.vramMiB)) in all, \($0.providers) providers, \($0.freeSlots) free slots")
         }, unit: "GPU(s)")
         out += HTML.table(id: "models", ["Model", "Vendor", "GPUs", "Total VRAM", "Providers", "Free slots"], v.models.map {
             ["<a href=\"/capacity?gpu=\(HTML.query($0.model))\">\(HTML.escape($0.model))</a>", HTML.escape($0.vendor), "\($0.gpus)",
-             HTML.mib($0.vramMiB), "\($0.providers)", "\($0.freeSlots)"]
+             ByteSize.describe(mib: $0.vramMiB), "\($0.providers)", "\($0.freeSlots)"]
         }, empty: "No provider has announced an offer yet.")
         out += "</section><section><h2>Jobs over time</h2>"
         out += Chart.columns(id: "chart-jobs", title: "Jobs per hour, last 24 hours (UTC)", bars: v.jobsPerHour.map {
@@ -185,7 +181,7 @@ enum Pages {
         out += HTML.table(id: "offers", ["Provider", "GPUs", "Price / GPU-h", "Slots free", "Reputation", "Executors", "Region", "Host"], v.offers.map {
             [HTML.peer($0.peerID), HTML.gpus($0.gpus), "\($0.price)", "\($0.freeSlots) / \($0.totalSlots)",
              $0.reputation.map { String(format: "%.3f", $0) } ?? "new", HTML.escape($0.executors.map(\.rawValue).joined(separator: ", ")),
-             $0.region.isEmpty ? "" : HTML.escape($0.region), HTML.escape("\($0.cpuModel), \($0.cpuCores) cores, \(HTML.mib($0.ramMiB)) RAM")]
+             $0.region.isEmpty ? "" : HTML.escape($0.region), HTML.escape("\($0.cpuModel), \($0.cpuCores) cores, \(ByteSize.describe(mib: $0.ramMiB)) RAM")]
         }, empty: "No offer matches.")
         return out
     }
@@ -227,7 +223,7 @@ enum Pages {
                 ("offer-gpus", "GPUs", HTML.gpus(o.gpus)), ("offer-price", "Price per GPU-hour", "\(o.price)"),
                 ("offer-slots", "Slots free", "\(o.freeSlots) / \(o.totalSlots)"),
                 ("offer-executors", "Executors", HTML.escape(o.executors.map(\.rawValue).joined(separator: ", "))),
-                ("offer-host", "Host", HTML.escape("\(o.cpuModel), \(o.cpuCores) cores, \(HTML.mib(o.ramMiB)) RAM, \(HTML.mib(o.diskFreeMiB)) disk free")),
+                ("offer-host", "Host", HTML.escape("\(o.cpuModel), \(o.cpuCores) cores, \(ByteSize.describe(mib: o.ramMiB)) RAM, \(ByteSize.describe(mib: o.diskFreeMiB)) disk free")),
                 ("offer-region", "Region", o.region.isEmpty ? "not given" : HTML.escape(o.region)),
                 ("offer-record", "Record", "sequence \(o.sequence), expires \(HTML.time(o.expiresAtMilliseconds))"),
             ])

@@ -1,3 +1,4 @@
+import Foundation
 import MeshCore
 import MeshJobs
 import MeshMarket
@@ -140,5 +141,15 @@ extension CapabilityQuery {
             maxPrice = v
         }
         try validate { slug in GPUCatalogue.model(slug).map { (vendor: $0.vendor, vramMiB: Int($0.vramGiB * 1024)) } }
+    }
+}
+
+extension ByteSize {
+    /// A size in MiB for people: whole GiB as `24 GiB`, other sizes of a GiB or more as
+    /// `23.9 GiB`, smaller ones as `512 MiB` (the CLI's tables and the explorer's pages).
+    public static func describe(mib: Int) -> String {
+        if mib % 1024 == 0 { return "\(mib / 1024) GiB" }
+        if mib >= 1024 { return String(format: "%.1f GiB", Double(mib) / 1024) }
+        return "\(mib) MiB"
     }
 }

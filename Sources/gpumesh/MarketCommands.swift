@@ -57,13 +57,6 @@ struct OfferOptions: ParsableArguments {
     }
 }
 
-/// "24 GiB" for whole GiB, else "20.5 GiB", else MiB.
-func formatMiB(_ mib: Int) -> String {
-    if mib % 1024 == 0 { return "\(mib / 1024) GiB" }
-    if mib >= 1024 { return String(format: "%.1f GiB", Double(mib) / 1024) }
-    return "\(mib) MiB"
-}
-
 /// "2x rtx-4090, 1x a100-80gb".
 func describeGPUs(_ gpus: [GPUGroup]) -> String {
     gpus.map { "\($0.count)x \($0.slug)" }.joined(separator: ", ")
@@ -125,10 +118,10 @@ extension GPUMesh {
                 print("provider   \(contact.peerID.hex)")
                 print("contact    \(contact)")
                 for g in c.gpus {
-                    print("gpus       \(g.count)x \(g.slug) (\(g.vendor), \(formatMiB(g.vramMiB))\(g.computeCapability.map { ", cc \($0)" } ?? ""))")
+                    print("gpus       \(g.count)x \(g.slug) (\(g.vendor), \(ByteSize.describe(mib: g.vramMiB))\(g.computeCapability.map { ", cc \($0)" } ?? ""))")
                 }
                 print("cpu        \(c.cpuModel), \(c.cpuCores) cores")
-                print("memory     \(formatMiB(c.ramMiB)); disk free \(formatMiB(c.diskFreeMiB))")
+                print("memory     \(ByteSize.describe(mib: c.ramMiB)); disk free \(ByteSize.describe(mib: c.diskFreeMiB))")
                 print("executors  \(c.executors.isEmpty ? "none found (install bubblewrap, docker or podman)" : c.executors.map(\.rawValue).joined(separator: ", "))")
                 print("price      \(c.price) points per GPU-hour")
                 print("slots      \(c.freeSlots) free of \(c.totalSlots)")
@@ -194,7 +187,7 @@ extension GPUMesh {
             let summary = "\(result.matched) provider\(result.matched == 1 ? "" : "s") matched, \(result.offers.count) shown; \(read)"
             print(column("PEER", 14) + column("GPUS", 28) + column("VRAM", 10) + column("PRICE", 8) + column("SLOTS", 7) + column("RTT", 9) + "REPUTATION")
             for o in result.offers {
-                let vram = o.gpus.map { formatMiB($0.vramMiB) }.joined(separator: "/")
+                let vram = o.gpus.map { ByteSize.describe(mib: $0.vramMiB) }.joined(separator: "/")
                 let rtt = o.rttMilliseconds.map { String(format: "%.1f ms", $0) } ?? (noRtt ? "-" : "no answer")
                 let rep = o.reputation.map { String(format: "%.2f", $0) } ?? "new"
                 print(column(String(o.peerID.prefix(12)), 14) + column(describeGPUs(o.gpus), 28) + column(vram, 10) + column("\(o.price)", 8)

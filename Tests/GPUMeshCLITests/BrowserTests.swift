@@ -1,4 +1,6 @@
 import Foundation
+import MeshCore
+import MeshRuntime
 import Testing
 
 /// Debian's headless Chromium, where installed (`Bootstrap/setup.sh` installs it for this suite).
@@ -33,11 +35,6 @@ func text(ofID id: String, in dom: String) -> String? {
     let rest = dom[dom.index(after: open)...]
     guard let close = rest.range(of: "</dd>") ?? rest.range(of: "</") else { return nil }
     return String(rest[..<close.lowerBound]).replacingOccurrences(of: "<[^>]+>", with: "", options: .regularExpression)
-}
-
-/// Memory for people, as the pages write it (GiB when whole).
-private func mib(_ v: Int) -> String {
-    v >= 1024 && v % 1024 == 0 ? "\(v / 1024) GiB" : (v >= 1024 ? String(format: "%.1f GiB", Double(v) / 1024) : "\(v) MiB")
 }
 
 @Suite("Explorer in a real browser", .serialized, .timeLimit(.minutes(3)),
@@ -81,7 +78,7 @@ struct BrowserTests {
             #expect(GPUMeshCLITests.text(ofID: id, in: dom) == "\(o[key] as? Int ?? -1)", "\(id)")
         }
         #expect(GPUMeshCLITests.text(ofID: "free-slots", in: dom) == "\(o["free_slots"] as? Int ?? -1) / \(o["total_slots"] as? Int ?? -1)")
-        #expect(GPUMeshCLITests.text(ofID: "vram", in: dom) == mib(o["vram_mib"] as? Int ?? -1))
+        #expect(GPUMeshCLITests.text(ofID: "vram", in: dom) == ByteSize.describe(mib: o["vram_mib"] as? Int ?? -1))
         let models = (o["models"] as? [[String: Any]] ?? []).compactMap { $0["model"] as? String }
         #expect(!models.isEmpty && models.allSatisfy { dom.contains(">\($0)</text>") }, "every model has a bar in the capacity chart")
         #expect(dom.contains("data-refreshes=\""), "the script did not fetch the live part again")
